@@ -1,0 +1,5 @@
+import sys
+
+from gator.cli import main
+
+sys.exit(main())
