@@ -1,0 +1,1 @@
+"""Moving models between Gator and other tools: Hugging Face transformers (hf.py)."""

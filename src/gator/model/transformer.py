@@ -1,0 +1,238 @@
+"""The transformer: one class, driven by `ModelConfig`, for GPT-2, GatorGPT/Llama and their relatives.
+
+    ids (B, T) -> token embedding (+ learned positions) -> n_layers x Block -> final norm -> LM head
+
+Each Block is pre-norm (GPT-2 and Llama both normalise the input of each sublayer, not its output):
+
+    x = x + attn(norm1(x))
+    x = x + mlp(norm2(x))
+
+Which attention, MLP, norm and position scheme a block uses comes from the config through the small
+factories below (`make_attention`, `make_mlp`, `make_norm`): that is where the DeepSeek (MLA, MoE) and
+Mixture-of-Depths chapters plug in, without a second copy of the block.
+
+A model directory is `config.json` + `model.safetensors` (+ tokenizer files when there is one), written
+by `save_pretrained` and read by `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gator.config import ModelConfig
+from gator.model.attention import CausalSelfAttention, causal_mask
+from gator.model.cache import KVCache
+from gator.model.layers import RotaryEmbedding, make_mlp, make_norm
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def make_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
+    return CausalSelfAttention(config, layer_idx)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = make_attention(config, layer_idx)
+        self.mlp_norm = make_norm(config)
+        self.mlp = make_mlp(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, mask))
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.context_length, config.d_model) if config.positions == "learned" else None
+        self.rope = (RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta)
+                     if config.positions == "rope" else None)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases; residual projections shrunk by 1/sqrt(2 n_layers)
+        so the residual stream's variance does not grow with depth."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            scale = 1 / math.sqrt(2 * self.config.n_layers) if getattr(module, "is_residual_projection", False) else 1
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    # ------------------------------------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) for token ids (B, T); with targets (B, T), also the mean cross-entropy.
+
+        Targets equal to -100 are ignored. With a KV cache the T tokens continue the cached sequence.
+        `last_only` computes logits for the last position only (all that sampling needs).
+        """
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length and self.config.positions != "none":
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's context_length "
+                             f"{self.config.context_length}; truncate the input or use a longer-context model")
+        positions = cache.positions(T) if cache is not None else torch.arange(T, device=ids.device)
+        x = self.tok_emb(ids)  # (B, T, d_model)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        x = self.dropout(x)
+        rope = None
+        if self.rope is not None:
+            cos, sin = self.rope(positions)  # (T, D) or (B, T, D)
+            rope = (cos, sin) if cos.dim() == 2 else (cos[:, None], sin[:, None])
+        if cache is not None:
+            mask = cache.attention_mask(T, self.config.sliding_window)
+        elif self.config.sliding_window is not None and T > self.config.sliding_window:
+            mask = causal_mask(T, self.config.sliding_window, ids.device)
+        else:
+            mask = None  # plain causal attention: SDPA's is_causal fast path
+        for block in self.blocks:
+            x = block(x, rope, cache, mask)
+        if cache is not None:
+            cache.advance(T)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # ------------------------------------------------------------------------------------------------
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (tied weights once). Without embeddings: no token/position tables."""
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if exclude_embeddings and (name.startswith(("tok_emb.", "pos_emb.")) or name == "lm_head.weight"):
+                continue
+            total += p.numel()
+        return total
+
+    def num_matmul_params(self) -> int:
+        """Weights that are multiplied with every token (all Linear layers, the LM head included)."""
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        n_mm = self.num_matmul_params()
+        return {
+            "parameters": self.num_params(),
+            "parameters_without_embeddings": self.num_params(exclude_embeddings=True),
+            "flops_per_token_training": c.flops_per_token(n_mm, training=True),
+            "flops_per_token_inference": c.flops_per_token(n_mm, training=False),
+            "kv_cache_bytes_per_token_fp32": c.kv_cache_bytes_per_token(4),
+            "kv_cache_bytes_per_token_bf16": c.kv_cache_bytes_per_token(2),
+        }
+
+    # ------------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write config.json and model.safetensors (each atomically: temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        _atomic_write(directory / CONFIG_NAME,
+                      lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+        if tokenizer is not None:
+            tokenizer.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> Transformer:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model directory {directory} does not exist")
+        config = ModelConfig.load(directory / CONFIG_NAME)
+        state = load_safetensors(directory / WEIGHTS_NAME)
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_checked_state_dict(state)
+        model = model.to(device)
+        if model.rope is not None:  # buffers were built on the meta device; rebuild them for real
+            model.rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta).to(device)
+        return model.to(dtype) if dtype is not None else model
+
+    def load_checked_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """load_state_dict with errors that name the tensor and what was expected."""
+        expected = self.state_dict()
+        if self.config.tie_embeddings:
+            expected.pop("lm_head.weight", None)
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{source} does not match the model config: missing tensors {missing[:8]}"
+                             f"{' ...' if len(missing) > 8 else ''}, unexpected tensors {unexpected[:8]}"
+                             f"{' ...' if len(unexpected) > 8 else ''}; was it saved from a different model?")
+        for name, tensor in state.items():
+            if tuple(tensor.shape) != tuple(expected[name].shape):
+                raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, but the config "
+                                 f"expects {tuple(expected[name].shape)}; the weights and config.json disagree")
+        self.load_state_dict(state, strict=False, assign=True)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or "
+                         "corrupt: re-save or re-download it") from None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through `write(tmp_path)` into a temp file in the same directory, then rename over `path`,
+    so a crash or a full disk leaves the previous file intact."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
