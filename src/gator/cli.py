@@ -13,6 +13,7 @@ import sys
 # One line per subsystem; a new subsystem adds its module here.
 COMMAND_MODULES = [
     "gator.model.cli",  # gator info, gator export hf, gator import hf
+    "gator.train.cli",  # gator prepare, gator pretrain, gator sample
 ]
 
 

@@ -71,27 +71,37 @@ class StreamEvent:
     finish_reason: str | None = None  # set on the last event
 
 
-def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Choose one token per row from logits (B, V). `seen` (B, V) bool marks tokens for the penalty."""
+def process_logits(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to logits (B, V); removed tokens get -inf.
+
+    With temperature 0 only the penalty is applied (greedy decoding takes the argmax of the result).
+    """
     logits = logits.float()
     if p.repetition_penalty != 1.0 and seen is not None:
         penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
         logits = torch.where(seen, penalised, logits)
     if p.temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits
     logits = logits / p.temperature
     if p.top_k is not None and p.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
+        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if p.top_p is not None and p.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= p.top_p  # mass before this token already reaches p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the better tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= p.top_p, float("-inf"))  # keeps at least one
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits
+
+
+def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Choose one token per row from logits (B, V). `seen` (B, V) bool marks tokens for the penalty."""
+    logits = process_logits(logits, p, seen)
+    if p.temperature == 0:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 def _as_batch(model: torch.nn.Module, prompt: Any, tokenizer: Any) -> tuple[list[list[int]], bool]:
@@ -102,7 +112,7 @@ def _as_batch(model: torch.nn.Module, prompt: Any, tokenizer: Any) -> tuple[list
         prompt, single = (prompt.tolist(), prompt.dim() == 1)
     prompts = [prompt] if single else list(prompt)
     if not prompts:
-        raise ValueError("no prompts given")
+        raise ValueError("the prompt is empty; give at least one token or one prompt")
     batch = []
     for i, pr in enumerate(prompts):
         if isinstance(pr, str):

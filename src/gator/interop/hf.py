@@ -126,7 +126,8 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str
         for i in range(c.n_layers):
             h, b = f"{p}h.{i}.", f"blocks.{i}."
             for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                out[b + ours + ".weight"], out[b + ours + ".bias"] = take(h + theirs + ".weight"), take(h + theirs + ".bias")
+                out[b + ours + ".weight"] = take(h + theirs + ".weight")
+                out[b + ours + ".bias"] = take(h + theirs + ".bias")
             for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
                                  ("mlp.up", "mlp.c_fc"), ("mlp.down", "mlp.c_proj")):
                 out[b + ours + ".weight"] = take(h + theirs + ".weight").t().contiguous()  # Conv1D is (in, out)
@@ -142,7 +143,7 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str
             for sfx in suffixes:
                 out[b + "attn.qkv" + sfx] = torch.cat([take(h + f"self_attn.{n}_proj" + sfx) for n in "qkv"])
                 out[b + "attn.proj" + sfx] = take(h + "self_attn.o_proj" + sfx)
-                out[b + "mlp.gate_up" + sfx] = torch.cat([take(h + "mlp.gate_proj" + sfx), take(h + "mlp.up_proj" + sfx)])
+                out[b + "mlp.gate_up" + sfx] = torch.cat([take(h + f"mlp.{n}_proj" + sfx) for n in ("gate", "up")])
                 out[b + "mlp.down" + sfx] = take(h + "mlp.down_proj" + sfx)
         out["norm.weight"] = take("model.norm.weight")
     if not c.tie_embeddings:
@@ -280,10 +281,7 @@ def _build(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
         model = Transformer(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_checked_state_dict(state, source="transformers checkpoint")
-    if model.rope is not None:
-        from gator.model.layers import RotaryEmbedding
-
-        model.rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta)
+    model.init_buffers()
     return model
 
 

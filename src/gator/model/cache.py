@@ -36,6 +36,9 @@ class KVCache:
         max_len = max_len or c.context_length
         if max_len > c.context_length and c.positions != "none":
             raise ValueError(f"cache length {max_len} exceeds the model's context_length {c.context_length}")
+        if c.attention == "mla":  # one latent "head" (k) and one shared RoPE key (v) per token: see model/mla.py
+            return cls(c.n_layers, batch_size, 1, c.kv_lora_rank, max_len, dtype=dtype or p.dtype,
+                       device=p.device, pad=pad, v_head_dim=c.qk_rope_head_dim)
         return cls(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len, dtype=dtype or p.dtype,
                    device=p.device, pad=pad)
 
@@ -83,6 +86,16 @@ class KVCache:
             # A padding query sees no real key; let it see itself so softmax stays finite (it is ignored).
             allowed = allowed | (q == kpos)[None, None]
         return allowed
+
+    def key_mask(self, layer: int) -> torch.Tensor:
+        """(B, max_len) bool: which stored keys of `layer` exist. Mixture-of-Depths layers skip tokens, so
+        they mark the slots of skipped tokens False (see model/depth.py); other layers never call this."""
+        if not hasattr(self, "_key_masks"):
+            self._key_masks: dict[int, torch.Tensor] = {}
+        if layer not in self._key_masks:
+            self._key_masks[layer] = torch.ones(self.batch_size, self.max_len, dtype=torch.bool,
+                                                device=self.k[layer].device)
+        return self._key_masks[layer]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

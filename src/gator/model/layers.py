@@ -6,9 +6,12 @@
 - SwiGLU (Shazeer, 2020): down(silu(gate(x)) * up(x)); gate and up are computed by one fused matmul.
 - RoPE (Su et al., 2021): rotate pairs of query/key dimensions by an angle proportional to the position,
   so the dot product of a query and a key depends only on their distance.
+- YaRN (Peng et al., 2023): rescaled RoPE frequencies that stretch a model's context (DeepSeek-V2/V3).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +27,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for stability (as Llama does), then cast back.
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        # x / sqrt(mean(x^2) + eps) * weight; the fused kernel accumulates in fp32 for bf16/fp16 inputs.
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -76,11 +79,12 @@ class RotaryEmbedding(nn.Module):
     (2i, 2i+1) instead; converting those needs a permutation of the q/k projection rows, ours does not.
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0):
+    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0, scaling: dict | None = None):
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
         self.max_positions = max_positions
+        self.scaling = scaling  # YaRN parameters (see yarn_inv_freq), or None for plain RoPE
         cos, sin = self._tables(max_positions)
         self.register_buffer("cos", cos, persistent=False)  # (max_positions, head_dim)
         self.register_buffer("sin", sin, persistent=False)
@@ -88,13 +92,58 @@ class RotaryEmbedding(nn.Module):
     def _tables(self, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device)
                                          / self.head_dim))
+        magnitude = 1.0
+        if self.scaling is not None:
+            inv_freq = yarn_inv_freq(inv_freq, self.head_dim, self.theta, self.scaling)
+            magnitude = yarn_rope_magnitude(self.scaling)
         angles = torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv_freq)  # (n, head_dim/2)
         angles = torch.cat([angles, angles], dim=-1)  # (n, head_dim): pair i and i + head_dim/2 share an angle
-        return angles.cos().float(), angles.sin().float()
+        return (angles.cos() * magnitude).float(), (angles.sin() * magnitude).float()
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for integer positions of shape (T,) or (B, T) -> (..., T, head_dim)."""
         return self.cos[positions], self.sin[positions]
+
+
+def make_rope(config: ModelConfig) -> RotaryEmbedding | None:
+    """The model's RoPE tables (over MLA's decoupled RoPE dims when attention is MLA), or None."""
+    if config.positions != "rope":
+        return None
+    return RotaryEmbedding(config.rope_dim, config.context_length, config.rope_theta, config.rope_scaling)
+
+
+# YaRN (Peng et al., 2023), as DeepSeek-V2/V3 use it to stretch a 4K pretraining context to 128K+: pairs
+# that turn many times within the original context keep their frequency (extrapolate), slow pairs are
+# divided by `factor` (interpolate), with a linear ramp between; attention logits are then sharpened by
+# mscale(factor) = 0.1 * m * ln(factor) + 1.
+
+def yarn_mscale(factor: float, m: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
+def yarn_inv_freq(inv_freq: torch.Tensor, dim: int, theta: float, s: dict) -> torch.Tensor:
+    """YaRN-corrected inverse frequencies (dim/2,) from the plain ones."""
+    factor, original = float(s["factor"]), int(s["original_context_length"])
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:  # the pair index that turns `rotations` times in `original`
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=inv_freq.dtype, device=inv_freq.device) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate (divide by factor)
+    return inv_freq / factor * (1 - keep) + inv_freq * keep
+
+
+def yarn_rope_magnitude(s: dict) -> float:
+    """The factor cos/sin are multiplied by: mscale(m) / mscale(m_all) (1 for DeepSeek, where m = m_all)."""
+    factor, m, m_all = float(s["factor"]), s.get("mscale"), s.get("mscale_all_dim")
+    if m and m_all:
+        return yarn_mscale(factor, m) / yarn_mscale(factor, m_all)
+    return yarn_mscale(factor)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

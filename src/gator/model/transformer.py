@@ -183,10 +183,15 @@ class Transformer(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model.load_checked_state_dict(state)
+        model.init_buffers()
         model = model.to(device)
-        if model.rope is not None:  # buffers were built on the meta device; rebuild them for real
-            model.rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta).to(device)
         return model.to(dtype) if dtype is not None else model
+
+    def init_buffers(self) -> None:
+        """(Re)build computed, non-saved buffers such as the RoPE tables, e.g. after building on 'meta'."""
+        c = self.config
+        if self.rope is not None:
+            self.rope = RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta)
 
     def load_checked_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """load_state_dict with errors that name the tensor and what was expected."""
