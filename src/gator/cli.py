@@ -12,7 +12,10 @@ import sys
 
 # One line per subsystem; a new subsystem adds its module here.
 COMMAND_MODULES = [
+    "gator.autograd.cli",  # gator autograd demo
+    "gator.eval.cli",  # gator eval ppl, gator eval mc, gator eval bleu
     "gator.model.cli",  # gator info, gator export hf, gator import hf
+    "gator.viz",  # gator viz attention
     "gator.train.cli",  # gator prepare, gator pretrain, gator sample
 ]
 

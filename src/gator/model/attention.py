@@ -55,6 +55,20 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
 
+    def attention_probs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention probabilities (B, H, T, T), computed explicitly (for visualisation, not speed)."""
+        B, T, _ = x.shape
+        q, k, _ = self.qkv(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, T, D)
+        scores = (q @ k.transpose(-1, -2)) / self.head_dim ** 0.5  # (B, H, T, T)
+        allowed = mask if mask is not None else causal_mask(T, None, x.device)
+        return scores.float().masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
            dropout: float = 0.0, scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with K/V heads shared among groups of query heads."""

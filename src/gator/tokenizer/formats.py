@@ -1,0 +1,265 @@
+"""Tokenizer files: gator's own JSON, GPT-2's vocab.json + merges.txt, Hugging Face tokenizer.json, tiktoken.
+
+Every format stores the same three things: the vocabulary (id -> bytes), the merges in order, and the
+special tokens (plus, where the format has a place for it, the pre-tokenizer regex).
+
+Byte strings are not always valid text, so GPT-2 stored each byte as a printable Unicode character
+(`bytes_to_unicode`): printable Latin-1 bytes stand for themselves and the rest (space, control bytes,
+...) are shifted to U+0100 and up, which is why a leading space shows as "Ġ" in GPT-2 and Hugging Face
+vocabularies. Gator's own format uses the same mapping, so its JSON is readable and exact.
+
+tiktoken keeps no merge list: it ranks byte strings, and merges the adjacent pair whose concatenation has
+the lowest rank. That gives the same result as replaying the merges when each merge makes a new token,
+in order, which `tiktoken_ranks` checks before a fast path is built. tiktoken also runs the pattern in
+its own regex engine, whose Unicode tables are older than those of Python's `regex` module: the two
+disagree about a few thousand recently assigned characters (`engine_gap`), and text containing one of
+them is encoded by the Python path so that `encode` always gives the reference ids.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import regex
+
+from .bpe import Tokenizer
+from .patterns import pattern_name, resolve_pattern
+
+FORMAT = "gator-bpe"
+FILE = "tokenizer.gator.json"
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 bytes to printable characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+def to_printable(token: bytes) -> str:
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def from_printable(text: str, where: str) -> bytes:
+    inverse = _unicode_to_bytes()
+    try:
+        return bytes(inverse[ch] for ch in text)
+    except KeyError as err:
+        raise ValueError(f"{where}: token {text!r} has character {err.args[0]!r}, which is not one of "
+                         "GPT-2's 256 byte characters; the file is corrupt or not byte-level BPE") from None
+
+
+@lru_cache(maxsize=1)
+def _unicode_to_bytes() -> dict[str, int]:
+    return {ch: b for b, ch in bytes_to_unicode().items()}
+
+
+# -- gator's own format ---------------------------------------------------------------------------------
+
+
+def save(tok: Tokenizer, directory) -> Path:
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    id_of = {token: i for i, token in tok.vocab.items()}
+    data = {
+        "format": FORMAT,
+        "version": 1,
+        "pattern": pattern_name(tok.pattern),
+        "special_tokens": tok.special_ids,
+        "vocab": {str(i): to_printable(token) for i, token in sorted(tok.vocab.items())
+                  if i not in tok.special_ids.values()},
+        "merges": [[id_of[a], id_of[b]] for a, b in tok.merges],
+    }
+    (path / FILE).write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
+    return path / FILE
+
+
+def load(directory) -> Tokenizer:
+    path = Path(directory)
+    if path.is_dir():
+        path = path / FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no gator tokenizer at {path}; train one with `gator tokenizer train` or "
+                                "save one with Tokenizer.save(directory)")
+    fix = "re-save it with Tokenizer.save or retrain it with `gator tokenizer train`"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupt: not valid JSON ({err}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a gator tokenizer (no \"format\": \"{FORMAT}\"); {fix}")
+    try:
+        vocab = {int(i): from_printable(t, str(path)) for i, t in data["vocab"].items()}
+        specials = {str(s): int(i) for s, i in data["special_tokens"].items()}
+        for token, i in specials.items():
+            vocab[i] = token.encode("utf-8")
+        merges = [(vocab[a], vocab[b]) for a, b in data["merges"]]
+        tok = Tokenizer(vocab, merges, list(specials), resolve_pattern(data["pattern"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        what = f"missing field or unknown id {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{path} is corrupt: {what}; {fix}") from None
+    if tok.special_ids != specials:
+        raise ValueError(f"{path} is corrupt: special token ids {specials} do not fit the vocabulary; {fix}")
+    return tok
+
+
+# -- GPT-2 files ----------------------------------------------------------------------------------------
+
+
+def from_gpt2_files(vocab_json, merges_txt, special_tokens: list[str] | None = None) -> Tokenizer:
+    """Read GPT-2's vocabulary (printable token -> id) and merges (one "a b" pair per line)."""
+    try:
+        encoder = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{vocab_json} is not valid JSON ({err}); give GPT-2's vocab.json/encoder.json") from None
+    vocab = {}
+    for token, i in encoder.items():
+        special = special_tokens and token in special_tokens
+        vocab[int(i)] = token.encode("utf-8") if special else from_printable(token, str(vocab_json))
+    merges = []
+    for number, line in enumerate(Path(merges_txt).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{merges_txt}, line {number}: expected two tokens separated by one space, "
+                             f"got {line!r}; give GPT-2's merges.txt/vocab.bpe")
+        merges.append((from_printable(parts[0], str(merges_txt)), from_printable(parts[1], str(merges_txt))))
+    return Tokenizer(vocab, merges, special_tokens, "gpt2")
+
+
+# -- tiktoken -------------------------------------------------------------------------------------------
+
+
+def tiktoken_ranks(tok: Tokenizer) -> dict[bytes, int]:
+    """{token bytes: id} for tiktoken, or ValueError when tiktoken would encode differently than the merges.
+
+    tiktoken merges by rank of the merged bytes, so the merges must make new tokens with increasing ids.
+    Tokens that no merge makes (other than single bytes and special tokens) are left out: the merges never
+    produce them, so tiktoken must not either."""
+    ranks = {bytes([b]): tok._byte_id[b] for b in range(256)}
+    previous = -1
+    for rank, (a, b) in enumerate(tok.merges):
+        i = tok._merged[rank]
+        if a + b in ranks or i <= previous:
+            raise ValueError(f"merge {rank} ({a!r}, {b!r}) does not make a new token with a higher id than "
+                             "the merge before it, so tiktoken's rank order would differ from the merge order")
+        ranks[a + b] = previous = i
+    return ranks
+
+
+def to_tiktoken(tok: Tokenizer, name: str = "gator"):
+    """Build a tiktoken.Encoding that encodes exactly like `tok`."""
+    import tiktoken
+
+    ranks = tiktoken_ranks(tok)
+    try:
+        return tiktoken.Encoding(name, pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens=tok.special_ids)
+    except ValueError as err:  # tiktoken's regex engine could not compile the pattern
+        raise ValueError(f"tiktoken cannot use pattern {tok.pattern!r}: {err}") from None
+
+
+@lru_cache(maxsize=None)
+def _class_gap(char_class: str) -> frozenset[str]:
+    """The characters that tiktoken's regex engine and the `regex` module put in different classes."""
+    import tiktoken
+
+    everything = _all_characters()
+    probe = tiktoken.Encoding("probe", pat_str=char_class + "+", special_tokens={},
+                              mergeable_ranks={bytes([b]): b for b in range(256)})
+    theirs = bytes(probe.encode_ordinary(everything)).decode("utf-8")  # only the matched text is encoded
+    ours = "".join(regex.findall(char_class + "+", everything))
+    return frozenset(theirs).symmetric_difference(ours)
+
+
+@lru_cache(maxsize=1)
+def _all_characters() -> str:
+    return "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+
+
+@lru_cache(maxsize=None)
+def engine_gap(pattern: str) -> frozenset[str]:
+    """Characters on which tiktoken and the `regex` module may pre-tokenize `pattern` differently: those
+    that the two engines' Unicode tables classify differently, for every class the pattern names."""
+    classes = {r"\s", r"\d", r"\w"} | {r"\p" + c for c in regex.findall(r"\\[pP](\{[^}]*\}|[A-Za-z])", pattern)}
+    return frozenset().union(*(_class_gap(c) for c in sorted(classes)))
+
+
+# -- Hugging Face tokenizer.json --------------------------------------------------------------------------
+
+
+def hf_tokenizer_json(tok: Tokenizer) -> dict:
+    """The tokenizer.json that the `tokenizers` library (and transformers' fast tokenizers) load."""
+    ordinary = {to_printable(token): i for i, token in tok.vocab.items() if i not in tok.special_ids.values()}
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for s, i in tok.special_ids.items()]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": ordinary,
+                  "merges": [f"{to_printable(a)} {to_printable(b)}" for a, b in tok.merges]},
+    }
+
+
+def save_hf(tok: Tokenizer, directory) -> Path:
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tokenizer.json").write_text(json.dumps(hf_tokenizer_json(tok), ensure_ascii=False, indent=1),
+                                         encoding="utf-8")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+              "model_max_length": 1 << 30}
+    if "<|endoftext|>" in tok.special_ids:
+        config.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    config["additional_special_tokens"] = [s for s in tok.special_tokens if s != "<|endoftext|>"]
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return path / "tokenizer.json"
+
+
+def load_hf(path) -> Tokenizer:
+    """Read a byte-level BPE tokenizer.json (the kind save_hf writes, and GPT-2/Llama-3 style ones)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    if model.get("type") != "BPE":
+        raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE; gator reads byte-level BPE only")
+    specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+    vocab = {i: (s.encode("utf-8") if s in specials else from_printable(s, str(path)))
+             for s, i in model["vocab"].items()}
+    vocab.update({i: s.encode("utf-8") for s, i in specials.items()})
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merges = [(from_printable(a, str(path)), from_printable(b, str(path))) for a, b in merges]
+    return Tokenizer(vocab, merges, list(specials), _hf_pattern(data.get("pre_tokenizer")))
+
+
+def _hf_pattern(pre) -> str:
+    """The Split regex inside a pre_tokenizer, or GPT-2's when it is a plain ByteLevel with use_regex."""
+    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
+    for step in steps:
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            return step["pattern"]["Regex"]
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
+            return "gpt2"
+    raise ValueError("tokenizer.json has no pre-tokenizer regex that gator understands (Split or ByteLevel)")
