@@ -159,12 +159,12 @@ def test_multiple_choice_matches_direct_computation():
 
 def test_multiple_choice_picks_what_a_trained_model_prefers():
     """Train the toy model on one sentence; it should then prefer that sentence's true ending."""
-    model = TinyLM(context_length=32, seed=1)
+    model = TinyLM(context_length=48, seed=1)
     tok = ByteTokenizer()
     text = "the sun is hot and the snow is cold"
     ids = torch.tensor([tok.encode(text)])
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(150):
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(40):
         _, loss = model(ids[:, :-1], ids[:, 1:])
         opt.zero_grad()
         loss.backward()
@@ -223,7 +223,7 @@ def run_cli(monkeypatch, argv, model):
 
 
 def test_cli_ppl_and_mc(tmp_path, monkeypatch, capsys):
-    model = TinyLM(context_length=16).eval()
+    model = TinyLM(context_length=32).eval()
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
     assert run_cli(monkeypatch, ["eval", "ppl", "--checkpoint", str(tmp_path), "--input", str(text)], model) == 0

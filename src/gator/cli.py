@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "gator.autograd.cli",  # gator autograd demo
     "gator.eval.cli",  # gator eval ppl, gator eval mc, gator eval bleu
     "gator.model.cli",  # gator info, gator export hf, gator import hf
+    "gator.tokenizer.cli",  # gator tokenizer train/encode/decode/show/stats
     "gator.viz",  # gator viz attention
     "gator.train.cli",  # gator prepare, gator pretrain, gator sample
 ]

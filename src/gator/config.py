@@ -125,7 +125,8 @@ class ModelConfig:
             need(self.positions == "rope", "positions", f"MLA's decoupled key is a RoPE key; got {self.positions!r}")
             for name in ("kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
                 value = getattr(self, name)
-                need(isinstance(value, int) and value > 0, name, f"must be a positive integer with attention='mla', got {value!r}")
+                need(isinstance(value, int) and value > 0, name,
+                     f"must be a positive integer with attention='mla', got {value!r}")
             need(isinstance(self.qk_nope_head_dim, int) and self.qk_nope_head_dim >= 0, "qk_nope_head_dim",
                  f"must be a non-negative integer, got {self.qk_nope_head_dim!r}")
             need(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",

@@ -172,18 +172,28 @@ def _decode(model: torch.nn.Module, batch: list[list[int]], p: SamplingParams,
         logits, _ = model(nxt[:, None], cache=cache)
 
 
-def generate(model: torch.nn.Module, prompt: Any, *, tokenizer: Any = None, **sampling: Any
-             ) -> Completion | list[Completion]:
+def generate(model: torch.nn.Module, prompt: Any, *, tokenizer: Any = None, draft: str | None = None,
+             **sampling: Any) -> Completion | list[Completion]:
     """Generate from one prompt (str or list of ids) or a batch (list of those).
 
     Keyword arguments are SamplingParams fields: max_new_tokens, temperature, top_k, top_p,
     repetition_penalty, stop_tokens, stop_strings, seed. Generation also stops when the context is full.
+    `draft="mtp"` decodes greedily with speculative drafts from the model's multi-token-prediction
+    modules (gator/speculative.py): the same tokens, fewer main-model forwards; stats report the
+    acceptance rate.
     """
     p = SamplingParams(**sampling)
     p.validate()
     if p.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the text")
     batch, single = _as_batch(model, prompt, tokenizer)
+    if draft is not None:
+        if draft != "mtp":
+            raise ValueError(f"unknown draft {draft!r}; the supported drafter is 'mtp'")
+        from gator.speculative import generate_with_mtp
+
+        results = generate_with_mtp(model, batch, p, tokenizer)
+        return results[0] if single else results
     out: list[list[int]] = [[] for _ in batch]
     reason = ["length"] * len(batch)
     done = [False] * len(batch)

@@ -23,7 +23,7 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -51,7 +51,7 @@ class PromptTemplate:
     question_prefix: str = "Question: "
     answer_prefix: str = "Answer:"
     separator: str = "\n\n"
-    cue: str = field(default=COT_CUE)
+    cue: str = COT_CUE
 
     def render(self, question: str) -> str:
         parts = []

@@ -9,6 +9,7 @@ micrograd's demo; plain gradient descent with a decaying learning rate trains it
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ def hinge_loss(model: MLP, x: np.ndarray, y: np.ndarray, alpha: float = 1e-4) ->
 
 
 @contextmanager
-def cycle_collector_paused():
+def cycle_collector_paused() -> Iterator[None]:
     """Pause Python's cycle collector. A Value graph has no reference cycles (reference counting frees
     it), but the collector still walks its ~10^5 live nodes again and again while a step builds them;
     pausing it makes a training step about twice as fast."""

@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Union
 
-Number = Union[int, float]
+Number = int | float
 
 
 def _is_number(x: object) -> bool:

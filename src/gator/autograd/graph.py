@@ -24,9 +24,15 @@ def trace(root: Value) -> tuple[list[Value], list[tuple[Value, Value]]]:
     return nodes, edges
 
 
-def _box_text(v: Value) -> str:
-    name = f"{v.label} | " if v.label else ""
+def _box_text(v: Value, label: str | None = None) -> str:
+    label = v.label if label is None else label
+    name = f"{label} | " if label else ""
     return f"{name}data {v.data:.4g} | grad {v.grad:.4g}"
+
+
+def _dot_escape(text: str) -> str:
+    """Escape the characters that mean something inside a Graphviz record label."""
+    return "".join("\\" + c if c in '\\{}|<>"' else c for c in text)
 
 
 def to_dot(root: Value) -> str:
@@ -35,9 +41,9 @@ def to_dot(root: Value) -> str:
     lines = ["digraph gator {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
     for v in nodes:
         vid = f"v{id(v)}"
-        lines.append(f'  {vid} [shape=record, label="{{ {_box_text(v)} }}"];')
+        lines.append(f'  {vid} [shape=record, label="{{ {_box_text(v, _dot_escape(v.label))} }}"];')
         if v.op:
-            lines.append(f'  {vid}_op [shape=ellipse, label="{v.op}"];')
+            lines.append(f'  {vid}_op [shape=ellipse, label="{_dot_escape(v.op)}"];')
             lines.append(f"  {vid}_op -> {vid};")
             lines.extend(f"  v{id(p)} -> {vid}_op;" for p in v.parents)
     lines.append("}")
@@ -99,12 +105,14 @@ def _draw_matplotlib(root: Value, path: Path, fmt: str) -> None:
     artists = {}
     for v in nodes:
         x, y = pos[id(v)]
-        artists[id(v)] = ax.text(x, y, _box_text(v), ha="center", va="center", fontsize=8, bbox=box, zorder=3)
+        artists[id(v)] = ax.text(x, y, _box_text(v), ha="center", va="center", fontsize=8, bbox=box, zorder=3,
+                                 parse_math=False)
     for v in nodes:
         if not v.op:
             continue
         x, y = pos[id(v)]  # the operation sits halfway between columns, in front of its output
-        op = ax.text(x - 1.0, y, v.op, ha="center", va="center", fontsize=8, bbox=circle, zorder=3)
+        op = ax.text(x - 1.0, y, v.op, ha="center", va="center", fontsize=8, bbox=circle, zorder=3,
+                     parse_math=False)
         # arrows join artists: from the right edge of one to the left edge of the next
         ax.annotate("", xy=(0, 0.5), xycoords=artists[id(v)], xytext=(1, 0.5), textcoords=op,
                     arrowprops=arrow)
@@ -118,7 +126,8 @@ def _draw_matplotlib(root: Value, path: Path, fmt: str) -> None:
 
 
 def draw_graph(root: Value, path: str | Path, backend: str = "auto") -> Path:
-    """Write the graph of `root` to `path` (.svg, .png or .pdf) and return the path.
+    """Write the graph of `root` to `path` (.svg, .png or .pdf) and return the path; meant for graphs of
+    tens of nodes (an expression, one neuron), not a whole training step.
 
     backend: "auto" (Graphviz if available, else matplotlib), "graphviz" or "matplotlib".
     """

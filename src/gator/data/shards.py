@@ -194,11 +194,13 @@ def prepare(source: Any, tokenizer: Any, out_dir: str | Path, *, field: str = "t
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     tok = load_tokenizer(tokenizer)
     info = tokenizer_info(tok)
-    if isinstance(tokenizer, (str, Path)):
-        info["path"] = str(Path(tokenizer).resolve())
-    dtype = dtype_for(info["vocab_size"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(tokenizer, (str, Path)):  # a Tokenizer object: save it with the shards
+        tokenizer = out_dir / "tokenizer"
+        tok.save(tokenizer)
+    info["path"] = str(Path(tokenizer).resolve())
+    dtype = dtype_for(info["vocab_size"])
     for old in [*out_dir.glob("train-*.bin"), *out_dir.glob("val-*.bin"), out_dir / MANIFEST]:
         old.unlink(missing_ok=True)
     writers = {s: ShardWriter(out_dir, s, dtype, shard_tokens) for s in ("train", "val")}

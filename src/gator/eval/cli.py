@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bleu.set_defaults(func=run_bleu)
 
 
-def load_checkpoint(checkpoint: Path, device: str | None = None):
+def load_checkpoint(checkpoint: Path, device: str | None = None) -> tuple[Any, Any]:
     """The model and tokenizer saved in a checkpoint directory, the model in eval mode on `device`."""
     import torch
 

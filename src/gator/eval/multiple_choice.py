@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gator.eval.perplexity import context_length_of
+from gator.eval.perplexity import TokenizerLike, context_length_of
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ class MCResult:
 
 
 @torch.no_grad()
-def choice_logprobs(model: torch.nn.Module, tokenizer, context: str, choices: list[str], separator: str = " ",
-                    context_length: int | None = None, bos_id: int | None = None,
+def choice_logprobs(model: torch.nn.Module, tokenizer: TokenizerLike, context: str, choices: list[str],
+                    separator: str = " ", context_length: int | None = None, bos_id: int | None = None,
                     device: str | torch.device | None = None) -> list[tuple[float, int]]:
     """(log p(separator + choice | context), number of tokens) for each choice, all choices in one batch."""
     length = context_length_of(model, context_length)
@@ -141,9 +141,10 @@ def choice_logprobs(model: torch.nn.Module, tokenizer, context: str, choices: li
     return out
 
 
-def score_multiple_choice(model: torch.nn.Module, tokenizer, items: list[MCItem], separator: str = " ",
-                          context_length: int | None = None, bos_id: int | None = None,
-                          device: str | torch.device | None = None, progress: bool = False) -> MCResult:
+def score_multiple_choice(model: torch.nn.Module, tokenizer: TokenizerLike, items: list[MCItem],
+                          separator: str = " ", context_length: int | None = None,
+                          bos_id: int | None = None, device: str | torch.device | None = None,
+                          progress: bool = False) -> MCResult:
     """Score every item; accuracy and per-item log-likelihoods are in the result."""
     was_training = model.training
     model.eval()

@@ -8,8 +8,10 @@ RoPE needs no permutation: Gator uses the Hugging Face "rotate half" layout (see
 
 Export writes `config.json` and `model.safetensors` in the transformers layout, readable by
 `AutoModelForCausalLM.from_pretrained` with no custom code and so servable by vLLM. A model with a
-sliding window is exported as Mistral (Llama weights plus `sliding_window`). Importing needs no
-transformers install for directories: it reads config.json and the safetensors files directly.
+sliding window is exported as Mistral (Llama weights plus `sliding_window`). DeepSeek-style models
+(MLA, DeepSeekMoE, MTP) map to DeepseekV3ForCausalLM; their tables live in interop/hf_deepseek.py.
+Importing needs no transformers install for directories: it reads config.json and the safetensors
+files directly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from gator.config import ModelConfig
+from gator.interop import hf_deepseek
 from gator.model.transformer import Transformer, _atomic_write
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -35,6 +38,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """ModelConfig from a transformers config dict (GPT-2, Llama, Mistral, Qwen2-without-bias...)."""
     model_type = hf.get("model_type")
+    if model_type == "deepseek_v3":
+        return hf_deepseek.config_from_hf(hf)
     if model_type == "gpt2":
         for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
                         ("scale_attn_weights", True)):
@@ -68,10 +73,15 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
                            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                            sliding_window=hf.get("sliding_window") if model_type == "mistral" else None,
                            extra={"hf_model_type": model_type})
-    raise ValueError(f"importing model_type {model_type!r} is not supported; supported: gpt2, llama, mistral")
+    raise ValueError(f"importing model_type {model_type!r} is not supported; supported: gpt2, llama, mistral, "
+                     "deepseek_v3")
 
 
 def hf_family(c: ModelConfig) -> str:
+    if c.mod_layers:
+        raise ValueError("Mixture-of-Depths (mod_layers) has no transformers equivalent; it cannot be exported")
+    if c.attention == "mla" or c.moe_routed_experts or c.mtp_depth:
+        return "deepseek_v3"  # see interop/hf_deepseek.py
     if c.norm == "layernorm" and c.mlp == "gelu" and c.positions == "learned" and c.sliding_window is None \
             and c.head_dim * c.n_heads == c.d_model and c.n_kv_heads == c.n_heads:
         return "gpt2"
@@ -83,6 +93,8 @@ def hf_family(c: ModelConfig) -> str:
 
 def config_to_hf(c: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     family = hf_family(c)
+    if family == "deepseek_v3":
+        return hf_deepseek.config_to_hf(c, dtype)
     dtype_name = str(dtype).removeprefix("torch.")
     if family == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
@@ -111,6 +123,8 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str
 
 def state_from_hf(hf_state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Tensor]:
     """Gator state dict from a transformers state dict of the family `c` was imported from."""
+    if hf_family(c) == "deepseek_v3":
+        return hf_deepseek.state_from_hf(hf_state, c)
     s = {k.removeprefix("module."): v for k, v in hf_state.items()}
 
     def take(name: str) -> torch.Tensor:
@@ -151,8 +165,12 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str
     return out
 
 
-def state_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
+def state_to_hf(model: Transformer, in_memory: bool = False) -> dict[str, torch.Tensor]:
+    """transformers state dict of `model`. in_memory: the names of transformers' modules rather than of
+    its checkpoint files (they differ for DeepSeek's stacked experts)."""
     c = model.config
+    if hf_family(c) == "deepseek_v3":
+        return hf_deepseek.state_to_hf(model, in_memory=in_memory)
     s = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     if hf_family(c) == "gpt2":
@@ -203,6 +221,8 @@ def from_hf(source: Any, device: str | torch.device = "cpu") -> Transformer:
         directory = _resolve_dir(source)
         config = config_from_hf(_read_json(directory / "config.json"))
         state = read_hf_weights(directory)
+    if config.extra.get("hf_model_type") == "deepseek_v3":
+        config = hf_deepseek.config_for_state(config, state)
     model = _build(config, state_from_hf(state, config))
     return model.to(device)
 
@@ -215,7 +235,7 @@ def to_hf(model: Transformer) -> Any:
     arch = getattr(transformers, cfg["architectures"][0])
     hf_config = transformers.AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "architectures"})
     hf_model = arch(hf_config)
-    missing, unexpected = hf_model.load_state_dict(state_to_hf(model), strict=False)
+    missing, unexpected = hf_model.load_state_dict(state_to_hf(model, in_memory=True), strict=False)
     missing = [k for k in missing if not (model.config.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(f"export mapping incomplete: missing {missing}, unexpected {unexpected}")

@@ -8,8 +8,12 @@ Each Block is pre-norm (GPT-2 and Llama both normalise the input of each sublaye
     x = x + mlp(norm2(x))
 
 Which attention, MLP, norm and position scheme a block uses comes from the config through the small
-factories below (`make_attention`, `make_mlp`, `make_norm`): that is where the DeepSeek (MLA, MoE) and
-Mixture-of-Depths chapters plug in, without a second copy of the block.
+factories below (`make_attention`, `make_ffn`, `make_norm`): that is where the DeepSeek (MLA, MoE) and
+Mixture-of-Depths chapters plug in, without a second copy of the block. DeepSeek-V3's multi-token
+prediction adds `mtp` modules after the last block (model/mtp.py); their loss, the MoE balance loss and
+the Mixture-of-Depths router loss join `loss` in training mode. A training loop calls
+`model.after_optimizer_step()` after each optimiser step (it moves the MoE balancing biases; a no-op for
+other models) and may log `model.moe_stats()` / `model.mod_stats()`.
 
 A model directory is `config.json` + `model.safetensors` (+ tokenizer files when there is one), written
 by `save_pretrained` and read by `from_pretrained`.
@@ -31,14 +35,30 @@ from torch import nn
 from gator.config import ModelConfig
 from gator.model.attention import CausalSelfAttention, causal_mask
 from gator.model.cache import KVCache
-from gator.model.layers import RotaryEmbedding, make_mlp, make_norm
+from gator.model.depth import MixtureOfDepths
+from gator.model.layers import make_mlp, make_norm, make_rope
+from gator.model.mla import MultiHeadLatentAttention
+from gator.model.moe import MoE
+from gator.model.mtp import MTPModule, mtp_loss
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
 def make_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
+    if config.attention == "mla":
+        return MultiHeadLatentAttention(config, layer_idx)
     return CausalSelfAttention(config, layer_idx)
+
+
+def make_ffn(config: ModelConfig, layer_idx: int) -> nn.Module:
+    """The feed-forward sublayer: DeepSeekMoE past the first moe_dense_layers layers, else the dense MLP."""
+    return MoE(config) if config.is_moe_layer(layer_idx) else make_mlp(config)
+
+
+def make_block(config: ModelConfig, layer_idx: int) -> nn.Module:
+    block = Block(config, layer_idx)
+    return MixtureOfDepths(config, block) if layer_idx in config.mod_layers else block
 
 
 class Block(nn.Module):
@@ -47,7 +67,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(config)
         self.attn = make_attention(config, layer_idx)
         self.mlp_norm = make_norm(config)
-        self.mlp = make_mlp(config)
+        self.mlp = make_ffn(config, layer_idx)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -63,15 +83,19 @@ class Transformer(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.context_length, config.d_model) if config.positions == "learned" else None
-        self.rope = (RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta)
-                     if config.positions == "rope" else None)
+        self.rope = make_rope(config)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.blocks = nn.ModuleList(make_block(config, i) for i in range(config.n_layers))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        self.mtp = (nn.ModuleList(MTPModule(config, Block(config, config.n_layers + k))
+                                  for k in range(config.mtp_depth)) if config.mtp_depth else None)
         self.apply(self._init_weights)
+        # Modules that leave an auxiliary loss behind in a training forward (MoE balance, MoD router).
+        self._aux_modules = [m for m in self.modules() if isinstance(m, (MoE, MixtureOfDepths))]
+        self.last_losses: dict[str, float | torch.Tensor] = {}  # the parts of the last training loss
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases; residual projections shrunk by 1/sqrt(2 n_layers)
@@ -103,28 +127,80 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         x = self.dropout(x)
-        rope = None
-        if self.rope is not None:
-            cos, sin = self.rope(positions)  # (T, D) or (B, T, D)
-            rope = (cos, sin) if cos.dim() == 2 else (cos[:, None], sin[:, None])
+        rope = self.rope_at(positions) if self.rope is not None else None
         if cache is not None:
             mask = cache.attention_mask(T, self.config.sliding_window)
         elif self.config.sliding_window is not None and T > self.config.sliding_window:
             mask = causal_mask(T, self.config.sliding_window, ids.device)
         else:
             mask = None  # plain causal attention: SDPA's is_causal fast path
+        for m in self._aux_modules:
+            m.aux_loss = None
         for block in self.blocks:
             x = block(x, rope, cache, mask)
         if cache is not None:
             cache.advance(T)
         x = self.norm(x)
+        h = x
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+            if self.training and (self._aux_modules or self.mtp is not None):
+                loss = self._add_auxiliary_losses(loss, h, ids, targets)
         return logits, loss
+
+    def rope_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for positions (T,) -> (T, D) each, or (B, T) -> (B, 1, T, D) (broadcast over heads)."""
+        cos, sin = self.rope(positions)
+        return (cos, sin) if cos.dim() == 2 else (cos[:, None], sin[:, None])
+
+    def _add_auxiliary_losses(self, lm: torch.Tensor, h: torch.Tensor, ids: torch.Tensor,
+                              targets: torch.Tensor) -> torch.Tensor:
+        """lm + lambda * MTP loss + MoE balance losses + MoD router losses; the parts go to `last_losses`."""
+        parts: dict[str, torch.Tensor] = {"lm": lm}
+        total = lm
+        if self.mtp is not None and self.config.mtp_loss_weight > 0:
+            parts["mtp"] = mtp_loss(self, h, ids, targets)
+            total = total + self.config.mtp_loss_weight * parts["mtp"]
+        for kind, cls in (("moe_balance", MoE), ("mod_router", MixtureOfDepths)):
+            aux = [m.aux_loss for m in self._aux_modules if isinstance(m, cls) and m.aux_loss is not None]
+            if aux:
+                parts[kind] = torch.stack(aux).sum()
+                total = total + parts[kind]
+        for m in self._aux_modules:
+            m.aux_loss = None
+        self.last_losses = {k: v.detach() for k, v in parts.items()}
+        return total
+
+    # ------------------------------------------------------------------------------------------------
+    def after_optimizer_step(self) -> None:
+        """Call after each optimiser step: DeepSeek-V3's auxiliary-loss-free balancing moves each MoE
+        layer's expert biases toward balanced load. A no-op for models without MoE."""
+        for m in self._aux_modules:
+            if isinstance(m, MoE):
+                m.update_bias()
+
+    def moe_stats(self, reset: bool = False) -> dict[str, Any]:
+        """Expert load of each MoE layer over the training forwards since the last reset:
+        {"layers": {name: {"load": [fraction per expert], "max_over_mean": float}}, "max_over_mean": mean}."""
+        layers = {}
+        for name, m in self.named_modules():
+            if isinstance(m, MoE):
+                load = m.load(reset=reset).float()
+                total = float(load.sum())
+                if total > 0:
+                    layers[name] = {"load": (load / total).tolist(), "max_over_mean": float(load.max() / load.mean())}
+        ratios = [v["max_over_mean"] for v in layers.values()]
+        return {"layers": layers, "max_over_mean": sum(ratios) / len(ratios) if ratios else None}
+
+    def mod_stats(self) -> dict[str, float]:
+        """For each Mixture-of-Depths block, how often the causal decode rule agreed with the top-k choice
+        in the last training forward."""
+        return {name: float(m.agreement) for name, m in self.named_modules()
+                if isinstance(m, MixtureOfDepths) and m.agreement is not None}
 
     # ------------------------------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -140,8 +216,21 @@ class Transformer(nn.Module):
         return total
 
     def num_matmul_params(self) -> int:
-        """Weights that are multiplied with every token (all Linear layers, the LM head included)."""
-        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        """Weights that are multiplied with every token (all Linear layers, the LM head included).
+
+        An MoE layer counts its router and only the top-k routed experts a token uses; the MTP modules,
+        which inference drops, are not counted.
+        """
+        n = 0
+        for name, m in self.named_modules():
+            if name.startswith("mtp"):
+                continue
+            if isinstance(m, nn.Linear):
+                n += m.weight.numel()
+            elif isinstance(m, MoE):
+                per_expert = m.experts.gate_up[0].numel() + m.experts.down[0].numel()
+                n += m.router.weight.numel() + m.router.top_k * per_expert
+        return n
 
     def info(self) -> dict[str, Any]:
         c = self.config
@@ -153,7 +242,28 @@ class Transformer(nn.Module):
             "flops_per_token_inference": c.flops_per_token(n_mm, training=False),
             "kv_cache_bytes_per_token_fp32": c.kv_cache_bytes_per_token(4),
             "kv_cache_bytes_per_token_bf16": c.kv_cache_bytes_per_token(2),
+            **self._architecture_info(),
         }
+
+    def _architecture_info(self) -> dict[str, Any]:
+        """Attention kind, its KV cache against MHA's, and MoE's active parameters (printed by `gator info`)."""
+        c = self.config
+        if c.attention == "mla":
+            kind = f"MLA (cache: latent {c.kv_lora_rank} + RoPE key {c.qk_rope_head_dim} per token per layer)"
+        elif c.n_kv_heads == c.n_heads:
+            kind = f"MHA ({c.n_heads} heads)"
+        else:
+            kind = f"{'MQA' if c.n_kv_heads == 1 else 'GQA'} ({c.n_heads} query heads, {c.n_kv_heads} KV heads)"
+        info: dict[str, Any] = {"attention": kind,
+                                "kv_cache_bytes_per_token_bf16_if_mha": c.kv_cache_bytes_per_token_mha(2)}
+        if c.moe_routed_experts:
+            per_expert = 3 * c.d_model * c.moe_ffn_dim
+            inactive = (c.n_layers - c.moe_dense_layers) * (c.moe_routed_experts - c.moe_top_k) * per_expert
+            mtp = sum(p.numel() for p in self.mtp.parameters()) if self.mtp is not None else 0
+            info["moe"] = (f"{c.moe_routed_experts} routed experts (top-{c.moe_top_k}, {c.moe_scoring}) + "
+                           f"{c.moe_shared_experts} shared, layers {c.moe_dense_layers}..{c.n_layers - 1}")
+            info["active_parameters"] = self.num_params() - inactive - mtp
+        return info
 
     # ------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
@@ -191,7 +301,7 @@ class Transformer(nn.Module):
         """(Re)build computed, non-saved buffers such as the RoPE tables, e.g. after building on 'meta'."""
         c = self.config
         if self.rope is not None:
-            self.rope = RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta)
+            self.rope = make_rope(c)
 
     def load_checked_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """load_state_dict with errors that name the tensor and what was expected."""

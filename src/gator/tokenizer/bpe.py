@@ -22,6 +22,7 @@ the first tokens, then the second), so training is deterministic.
 from __future__ import annotations
 
 import heapq
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +140,10 @@ def train_bpe(source, vocab_size: int, special_tokens=(), pattern: str = "gpt2",
     vocab = [bytes([i]) for i in range(256)]
     merge_ids = learn_merges(words, list(counts.values()), vocab, vocab_size - len(special_tokens), progress)
     merges = [(vocab[a], vocab[b]) for a, b in merge_ids]
+    if len(vocab) + len(special_tokens) < vocab_size:
+        warnings.warn(f"the corpus has only {len(merges)} merges to learn (no pair of tokens is left), so the "
+                      f"vocabulary has {len(vocab) + len(special_tokens)} tokens, not {vocab_size}; give more "
+                      "text for a larger vocabulary", stacklevel=2)
     return Tokenizer(dict(enumerate(vocab)), merges, special_tokens, pattern)
 
 

@@ -20,6 +20,7 @@ import codecs
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import chain, islice
 from multiprocessing import get_context
 
 import regex
@@ -29,6 +30,7 @@ from .patterns import cut_finder, last_cut, special_regex, split_on_special
 
 CHUNK_CHARS = 1 << 20  # about 1 MB of text per unit of parallel work
 BLOCK_BYTES = 1 << 20  # files are read this many bytes at a time
+MIN_PARALLEL_CHUNKS = 4  # below this, starting worker processes costs more than it saves
 _TEXT_SUFFIXES = (".txt", ".text", ".md", ".json", ".jsonl", ".csv", ".tsv")
 
 
@@ -137,28 +139,26 @@ def count_chunk(texts: list[str], pattern: str, special_tokens: list[str]) -> Co
 
 
 def count_pretokens(source, pattern: str, special_tokens: list[str], workers: int | None = None,
-                    progress: bool = False) -> Counter:
+                    progress: bool = False, chunk_chars: int = CHUNK_CHARS) -> Counter:
     """Count every pre-token of a corpus: {pre-token string: number of occurrences}."""
     paths = _all_paths(source)
     bar = tqdm(total=sum(os.path.getsize(p) for p in paths) if paths else None, unit="B", unit_scale=True,
                desc="pre-tokenizing", disable=not progress, leave=False)
     chunks = chunk_texts(open_texts(source, on_bytes=bar.update if paths else None),
-                         cut_finder(pattern, special_tokens))
+                         cut_finder(pattern, special_tokens), chunk_chars)
     total: Counter = Counter()
-    first, second = next(chunks, None), next(chunks, None)
+    head = list(islice(chunks, MIN_PARALLEL_CHUNKS))
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if second is None or workers <= 1:  # small corpus, or asked for one process: count right here
-        for chunk in (c for c in (first, second) if c is not None):
-            total.update(count_chunk(chunk, pattern, special_tokens))
-        for chunk in chunks:
+    if len(head) < MIN_PARALLEL_CHUNKS or workers <= 1:  # small corpus or one process: count right here
+        for chunk in chain(head, chunks):
             total.update(count_chunk(chunk, pattern, special_tokens))
             if not paths:
                 bar.update(sum(len(t) for t in chunk))
     else:
         with get_context().Pool(workers) as pool:
             in_flight = []
-            for chunk in _chain([first, second], chunks):
+            for chunk in chain(head, chunks):
                 in_flight.append(pool.apply_async(count_chunk, (chunk, pattern, special_tokens)))
                 if len(in_flight) >= 2 * workers:  # bounded memory: wait before reading more
                     total.update(in_flight.pop(0).get())
@@ -166,11 +166,6 @@ def count_pretokens(source, pattern: str, special_tokens: list[str], workers: in
                 total.update(result.get())
     bar.close()
     return total
-
-
-def _chain(head: list, rest: Iterator) -> Iterator:
-    yield from head
-    yield from rest
 
 
 def _all_paths(source) -> list:

@@ -19,7 +19,7 @@ them is encoded by the Python path so that `encode` always gives the reference i
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import regex
@@ -98,16 +98,23 @@ def load(directory) -> Tokenizer:
         raise ValueError(f"{path} is corrupt: not valid JSON ({err}); {fix}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gator tokenizer (no \"format\": \"{FORMAT}\"); {fix}")
+    missing = [k for k in ("pattern", "special_tokens", "vocab", "merges") if k not in data]
+    if missing:
+        raise ValueError(f"{path} is corrupt: missing field(s) {missing}; {fix}")
     try:
         vocab = {int(i): from_printable(t, str(path)) for i, t in data["vocab"].items()}
         specials = {str(s): int(i) for s, i in data["special_tokens"].items()}
         for token, i in specials.items():
             vocab[i] = token.encode("utf-8")
-        merges = [(vocab[a], vocab[b]) for a, b in data["merges"]]
+        merges = []
+        for number, (a, b) in enumerate(data["merges"]):
+            if a not in vocab or b not in vocab:
+                raise ValueError(f"merge {number} refers to token id {a if a not in vocab else b}, "
+                                 "which is not in the vocabulary")
+            merges.append((vocab[a], vocab[b]))
         tok = Tokenizer(vocab, merges, list(specials), resolve_pattern(data["pattern"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        what = f"missing field or unknown id {err}" if isinstance(err, KeyError) else str(err)
-        raise ValueError(f"{path} is corrupt: {what}; {fix}") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path} is corrupt: {err}; {fix}") from None
     if tok.special_ids != specials:
         raise ValueError(f"{path} is corrupt: special token ids {specials} do not fit the vocabulary; {fix}")
     return tok
@@ -169,7 +176,7 @@ def to_tiktoken(tok: Tokenizer, name: str = "gator"):
         raise ValueError(f"tiktoken cannot use pattern {tok.pattern!r}: {err}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _class_gap(char_class: str) -> frozenset[str]:
     """The characters that tiktoken's regex engine and the `regex` module put in different classes."""
     import tiktoken
@@ -187,12 +194,31 @@ def _all_characters() -> str:
     return "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def engine_gap(pattern: str) -> frozenset[str]:
     """Characters on which tiktoken and the `regex` module may pre-tokenize `pattern` differently: those
     that the two engines' Unicode tables classify differently, for every class the pattern names."""
     classes = {r"\s", r"\d", r"\w"} | {r"\p" + c for c in regex.findall(r"\\[pP](\{[^}]*\}|[A-Za-z])", pattern)}
     return frozenset().union(*(_class_gap(c) for c in sorted(classes)))
+
+
+def open_tokenizer(path) -> Tokenizer:
+    """Load a tokenizer from any format gator reads: its own directory or file, a directory with GPT-2's
+    vocab.json and merges.txt, or a Hugging Face tokenizer.json (or a directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / FILE).is_file():
+            return load(path)
+        if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            specials = ["<|endoftext|>"] if "<|endoftext|>" in (path / "vocab.json").read_text("utf-8") else []
+            return from_gpt2_files(path / "vocab.json", path / "merges.txt", specials)
+        if (path / "tokenizer.json").is_file():
+            return load_hf(path / "tokenizer.json")
+    elif path.is_file():
+        return load_hf(path) if path.name == "tokenizer.json" else load(path)
+    raise FileNotFoundError(f"no tokenizer at {path}: expected a directory with {FILE} (gator), vocab.json + "
+                            "merges.txt (GPT-2) or tokenizer.json (Hugging Face); train one with "
+                            "`gator tokenizer train`")
 
 
 # -- Hugging Face tokenizer.json --------------------------------------------------------------------------
