@@ -12,6 +12,15 @@ from gator.model import moe as moe_mod
 from gator.model.moe import MoE, sequence_balance_loss
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, and does not collapse when other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def moe_config(**kw):
     base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, moe_routed_experts=8,
                 moe_shared_experts=1, moe_top_k=3, moe_ffn_dim=16, moe_groups=4, moe_top_groups=2,

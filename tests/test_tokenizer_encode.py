@@ -6,6 +6,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,7 +118,8 @@ def test_decode_replaces_bad_utf8_and_rejects_unknown_ids(trained):
     with pytest.raises(ValueError, match=f"unknown token id {len(trained)}"):
         trained.decode([1, 2, len(trained)])
     with pytest.raises(ValueError, match="unknown token id -1"):
-        trained.decode([-1])
+        trained.decode(iter([5, -1]))
+    assert trained.decode(torch.tensor(trained.encode("a tensor"))) == "a tensor"
 
 
 def test_tokenizer_checks_its_inputs():

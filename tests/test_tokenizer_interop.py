@@ -98,6 +98,20 @@ def test_to_tiktoken_is_the_same_encoding(gpt2, reference):
     assert enc.n_vocab == reference.n_vocab
 
 
+def test_load_hf_reads_a_tokenizer_json_written_by_tokenizers(gpt2, tmp_path):
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = tokenizers.Tokenizer(models.BPE.from_file(str(GPT2 / "vocab.json"), str(GPT2 / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens(["<|endoftext|>"])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_hf(tmp_path / "tokenizer.json")
+    assert loaded.vocab == gpt2.vocab and loaded.merges == gpt2.merges and loaded.special_ids == gpt2.special_ids
+    text = (DATA / "text" / "the_verdict.txt").read_text(encoding="utf-8") + "<|endoftext|>"
+    assert loaded.encode(text) == hf.encode(text).ids
+
+
 @pytest.fixture(scope="module", params=["gpt2", "gpt4", "o200k"])
 def trained(request) -> Tokenizer:
     text = (DATA / "text" / "alice_in_wonderland.txt").read_text(encoding="utf-8")

@@ -177,6 +177,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         train_bpe("some text", 300, special_tokens=[""], progress=False)
     with pytest.raises(ValueError, match="more than once"):
         train_bpe("some text", 300, special_tokens=["<s>", "<s>"], progress=False)
+    with pytest.raises(ValueError, match=r"a list of strings, e.g. \['<s>'\]"):
+        train_bpe("some text", 300, special_tokens="<s>", progress=False)
     with pytest.raises(ValueError, match="not a valid regex"):
         train_bpe("some text", 300, pattern="([a-z", progress=False)
     with pytest.raises(FileNotFoundError, match="no such file"):

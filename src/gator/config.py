@@ -71,7 +71,7 @@ class ModelConfig:
     mod_layers: list[int] = field(default_factory=list)  # block indices that route tokens (empty = off)
     mod_capacity: float = 0.125  # fraction of each sequence's tokens those blocks process in training
     mod_decode: str = "threshold"  # causal rule at inference: "threshold" (router > 0) | "predictor" (small MLP)
-    mod_aux_loss: float = 0.01  # weight of the BCE loss that teaches the causal rule the top-k choice
+    mod_aux_loss: float = 0.1  # weight of the BCE loss that teaches the causal rule the top-k choice
     extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata (e.g. the source of imported weights)
 
     def __post_init__(self) -> None:

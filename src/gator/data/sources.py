@@ -11,7 +11,8 @@ pretraining corpus tells the model "a new, unrelated text starts here".
 - A folder is read recursively, files in sorted order; `.jsonl` files as JSONL, every other file with a
   text suffix (`.txt`, `.md`, ...) as plain text.
 - Anything else that looks like `owner/name` (for example `roneneldan/TinyStories`) is a dataset on the
-  Hugging Face hub, streamed with the `datasets` library when the hub is reachable.
+  Hugging Face hub, streamed with the `datasets` library when the hub is reachable; `owner/name:config`
+  picks a configuration (e.g. `HuggingFaceFW/fineweb-edu:sample-10BT`).
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def read_hf_dataset(name: str, *, field: str = "text", split: str = "train") -> 
             "or use a local corpus such as ../shared/data/tinystories/tinystories_5k.jsonl")
     import datasets  # imported here: it is slow to import and only this path needs it
 
-    rows = datasets.load_dataset(name, split=split, streaming=True)
+    repo, _, subset = name.partition(":")  # "owner/name:config" picks a configuration (e.g. sample-10BT)
+    rows = datasets.load_dataset(repo, subset or None, split=split, streaming=True)
     for i, row in enumerate(rows):
         if field not in row:
             raise ValueError(f"dataset {name!r} row {i} has no field {field!r} (it has {sorted(row)}); "

@@ -241,6 +241,7 @@ def state_to_hf(model: torch.nn.Module, in_memory: bool = False) -> dict[str, to
     """DeepseekV3 state dict: the checkpoint layout (per-expert tensors, MTP layers) for files, or the
     layout of transformers' modules (stacked experts, no MTP) with in_memory=True."""
     c = model.config
+    config_to_hf(c)  # raises, naming the reasons, when the model has no DeepseekV3 equivalent
     s = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out = {"model.embed_tokens.weight": s["tok_emb.weight"], "model.norm.weight": s["norm.weight"]}
     for i in range(c.n_layers):

@@ -60,9 +60,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps({"config": model.config.to_dict(), **info}, indent=2))
         return 0
     c = model.config
-    print(f"{args.model}: {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads "
-          f"({c.n_kv_heads} KV heads, head_dim {c.head_dim}), ffn {c.ffn_dim} ({c.mlp}), {c.norm}, "
-          f"positions {c.positions}, vocab {c.vocab_size}, context {c.context_length}")
+    heads = (f"({c.n_kv_heads} KV heads, head_dim {c.head_dim})" if c.attention != "mla" else
+             f"(MLA: q/k head dim {c.head_dim}, v head dim {c.v_head_dim})")
+    print(f"{args.model}: {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads {heads}, "
+          f"ffn {c.ffn_dim} ({c.mlp}), {c.norm}, positions {c.positions}, vocab {c.vocab_size}, "
+          f"context {c.context_length}")
     rows = [
         ("parameters", f"{info['parameters']:,}  ({_human(info['parameters'])})"),
         ("parameters without embeddings", f"{info['parameters_without_embeddings']:,}  "
@@ -70,8 +72,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("FLOPs per token, training", _human(info["flops_per_token_training"], "FLOP")),
         ("FLOPs per token, inference", _human(info["flops_per_token_inference"], "FLOP")),
     ]
+    if "active_parameters" in info:  # MoE: only the top-k routed experts work on a token
+        rows.insert(1, ("active parameters per token", f"{info['active_parameters']:,}  "
+                                                       f"({_human(info['active_parameters'])})"))
+    for key in ("attention", "moe"):
+        if key in info:
+            rows.append((key, info[key]))
     for key, value in info.items():
-        if key.startswith("kv_cache_bytes_per_token"):
+        if key == "kv_cache_bytes_per_token_bf16_if_mha":
+            rows.append(("KV cache per token, bf16, if MHA", f"{value:,} bytes"))
+        elif key.startswith("kv_cache_bytes_per_token"):
             rows.append((f"KV cache per token, {key.rsplit('_', 1)[-1]}", f"{value:,} bytes"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

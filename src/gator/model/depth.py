@@ -44,12 +44,12 @@ class MixtureOfDepths(nn.Module):
         self.block = block
         self.capacity, self.window = config.mod_capacity, config.sliding_window
         self.aux_weight = config.mod_aux_loss
-        self.router = nn.Linear(config.d_model, 1, bias=False)
+        self.router = nn.Linear(config.d_model, 1)  # its bias lets the threshold rule pick the quantile
         self.predictor = None
         if config.mod_decode == "predictor":
             hidden = max(8, config.d_model // 8)
             self.predictor = nn.Sequential(nn.Linear(config.d_model, hidden, bias=False), nn.SiLU(),
-                                           nn.Linear(hidden, 1, bias=False))
+                                           nn.Linear(hidden, 1))
         self.aux_loss: torch.Tensor | None = None
         self.agreement: torch.Tensor | None = None  # last training forward: causal rule == top-k, fraction
 
@@ -66,7 +66,8 @@ class MixtureOfDepths(nn.Module):
         return h + b.dropout(b.mlp(b.mlp_norm(x + h)))
 
     def _decision_logits(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """(B, T) logits of the causal rule: > 0 means "process"."""
+        """(B, T) logits of the causal rule: > 0 means "process". The predictor reads a stop-gradient
+        copy of x (its loss leaves the model alone); the threshold rule is the router itself."""
         return r if self.predictor is None else self.predictor(x.detach()).squeeze(-1)
 
     def _top_k(self, x: torch.Tensor, rope) -> torch.Tensor:
@@ -96,7 +97,7 @@ class MixtureOfDepths(nn.Module):
     def _causal(self, x: torch.Tensor, rope, cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
         r = self.router(x).squeeze(-1)  # (B, T)
-        go = self._decision_logits(x, r) > 0  # (B, T): tokens this block processes
+        go = self._decision_logits(x, r) > 0  # (B, T): the tokens this block processes
         start = cache.length if cache is not None else 0
         L = start + T
         if cache is not None:

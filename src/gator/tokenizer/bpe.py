@@ -190,6 +190,10 @@ class Tokenizer:
             self.special_ids[token] = i
         self._regex = regex.compile(self.pattern)
         self._special_re = special_regex(self.special_tokens)
+        # When no special token is a prefix of another, any order of trying them finds the same match, so
+        # tiktoken may split them off itself.
+        self._tiktoken_matches_specials = not any(
+            a != b and b.startswith(a) for a in self.special_tokens for b in self.special_tokens)
         self._cache: dict[str, list[int]] = {}
         self.use_fast = True  # set False to make encode() take the pure-Python path
         self._fast = None
@@ -269,7 +273,9 @@ class Tokenizer:
             return self.encode_python(text)
         if self._special_re is None:
             return fast.encode_ordinary(text)
-        ids: list[int] = []
+        if self._tiktoken_matches_specials:
+            return fast.encode(text, allowed_special="all")
+        ids: list[int] = []  # tiktoken's order among special tokens is not longest-first: split here
         for part, is_special in split_on_special(text, self._special_re):
             if is_special:
                 ids.append(self.special_ids[part])
@@ -304,8 +310,10 @@ class Tokenizer:
     # -- decoding ------------------------------------------------------------------------------------
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """Token ids -> the exact bytes they stand for. An unknown id is an error."""
+        """Token ids (a list, or a numpy array / torch tensor) -> the exact bytes they stand for. An unknown
+        id is an error."""
         vocab = self.vocab
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         try:
             return b"".join([vocab[i] for i in ids])
         except (KeyError, TypeError):
@@ -314,7 +322,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text; bytes that are not valid UTF-8 become the replacement character U+FFFD."""
-        return self.decode_bytes(list(ids)).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # -- files: see formats.py ---------------------------------------------------------------------------
 

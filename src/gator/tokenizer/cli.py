@@ -18,7 +18,7 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
-from .bpe import Tokenizer, train_bpe
+from .bpe import train_bpe
 from .corpus import read_text_file
 from .formats import open_tokenizer
 
@@ -95,8 +95,9 @@ def cmd_train(args) -> int:
     tok.save(args.out)
     if args.hf:
         tok.save_hf(args.out)
-    n_bytes, n_tokens = _measure(tok, paths, RATIO_SAMPLE_BYTES)
-    total = sum(p.stat().st_size for p in paths)
+    totals = [0, 0]  # bytes, characters
+    n_tokens = sum(1 for _ in tok.encode_iterable(_read_blocks(paths, totals, RATIO_SAMPLE_BYTES)))
+    n_bytes, total = totals[0], sum(p.stat().st_size for p in paths)
     sample = "" if n_bytes >= total else f" (measured on the first {n_bytes / 1e6:.0f} MB)"
     print(f"trained {len(tok)} tokens ({len(tok.merges)} merges, {len(tok.special_tokens)} special) "
           f"on {total / 1e6:.2f} MB in {seconds:.2f} s")
@@ -105,16 +106,15 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _measure(tok: Tokenizer, paths: list[Path], limit: int) -> tuple[int, int]:
-    """(bytes, tokens) of encoding the files, stopping after about `limit` bytes."""
-    n_bytes = n_tokens = 0
+def _read_blocks(paths: list[Path], totals: list[int], limit: float = float("inf")):
+    """The files' text in blocks, as one stream, until about `limit` bytes; totals += [bytes, characters]."""
     for path in paths:
         for block in read_text_file(path):
-            if n_bytes >= limit:
-                return n_bytes, n_tokens
-            n_bytes += len(block.encode("utf-8"))
-            n_tokens += len(tok.encode(block))  # block edges may split a pre-token: fine for a ratio
-    return n_bytes, n_tokens
+            if totals[0] >= limit:
+                return
+            totals[0] += len(block.encode("utf-8"))
+            totals[1] += len(block)
+            yield block
 
 
 def cmd_encode(args) -> int:
@@ -166,8 +166,7 @@ def cmd_stats(args) -> int:
     paths = _input_files(args.input)
     counts: Counter = Counter()
     totals = [0, 0]  # bytes, characters
-    for path in paths:
-        counts.update(tok.encode_iterable(_counting(read_text_file(path), totals)))
+    counts.update(tok.encode_iterable(_read_blocks(paths, totals)))
     n_bytes, n_chars = totals
     n_tokens = sum(counts.values())
     if n_tokens == 0:
@@ -180,14 +179,9 @@ def cmd_stats(args) -> int:
           f"{len(tok) - used:,} never used")
     print(f"most frequent tokens (of {n_tokens:,}):")
     for i, count in islice(counts.most_common(), args.top):
-        print(f"  {i:>7}  {100 * count / n_tokens:5.2f}%  {render_token(tok.vocab[i])!r}")
+        try:
+            shown = repr(tok.vocab[i].decode("utf-8"))
+        except UnicodeDecodeError:
+            shown = render_token(tok.vocab[i])
+        print(f"  {i:>7}  {100 * count / n_tokens:5.2f}%  {shown}")
     return 0
-
-
-def _counting(blocks, totals: list[int]):
-    """Pass blocks of text through, adding up their bytes and characters in totals."""
-    for block in blocks:
-        totals[0] += len(block.encode("utf-8"))
-        totals[1] += len(block)
-        yield block
-

@@ -9,16 +9,17 @@ with its length. This module builds that table:
 2. Text is cut into chunks of about `CHUNK_CHARS` characters, only at positions where cutting cannot
    change the pre-tokens (`patterns.cut_finder`: before a special token, or at certain newlines and
    spaces). Each file and each string of an iterable is its own text: no pre-token spans two of them.
-3. Each chunk is split on the special tokens, pre-tokenized with the regex, and counted; with more than
-   one chunk, worker processes do this while at most two chunks per worker wait in flight, so memory
-   stays bounded however large the corpus is.
+3. Each chunk is split on the special tokens, pre-tokenized with the regex, and counted. From four chunks
+   (about 4 MB) on, worker processes do this, with at most two chunks per worker in flight, so memory
+   stays bounded however large the corpus is. (A text with no safe cut, say one huge line with a custom
+   regex and no special tokens, becomes a single chunk: correct, but held in memory whole.)
 """
 
 from __future__ import annotations
 
 import codecs
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from itertools import chain, islice
 from multiprocessing import get_context
@@ -142,30 +143,39 @@ def count_pretokens(source, pattern: str, special_tokens: list[str], workers: in
                     progress: bool = False, chunk_chars: int = CHUNK_CHARS) -> Counter:
     """Count every pre-token of a corpus: {pre-token string: number of occurrences}."""
     paths = _all_paths(source)
-    bar = tqdm(total=sum(os.path.getsize(p) for p in paths) if paths else None, unit="B", unit_scale=True,
-               desc="pre-tokenizing", disable=not progress, leave=False)
+    bar = tqdm(total=sum(os.path.getsize(p) for p in paths) if paths else None, unit="B" if paths else "char",
+               unit_scale=True, desc="pre-tokenizing", disable=not progress, leave=False)
     chunks = chunk_texts(open_texts(source, on_bytes=bar.update if paths else None),
                          cut_finder(pattern, special_tokens), chunk_chars)
     total: Counter = Counter()
-    head = list(islice(chunks, MIN_PARALLEL_CHUNKS))
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if len(head) < MIN_PARALLEL_CHUNKS or workers <= 1:  # small corpus or one process: count right here
-        for chunk in chain(head, chunks):
-            total.update(count_chunk(chunk, pattern, special_tokens))
-            if not paths:
-                bar.update(sum(len(t) for t in chunk))
-    else:
-        with get_context().Pool(workers) as pool:
-            in_flight = []
-            for chunk in chain(head, chunks):
-                in_flight.append(pool.apply_async(count_chunk, (chunk, pattern, special_tokens)))
-                if len(in_flight) >= 2 * workers:  # bounded memory: wait before reading more
-                    total.update(in_flight.pop(0).get())
-            for result in in_flight:
-                total.update(result.get())
+    for n_chars, counts in _count_chunks(chunks, pattern, special_tokens, workers):
+        total.update(counts)
+        if not paths:
+            bar.update(n_chars)
     bar.close()
     return total
+
+
+def _count_chunks(chunks: Iterator[list[str]], pattern: str, special_tokens: list[str], workers: int | None
+                  ) -> Iterator[tuple[int, Counter]]:
+    """(characters, counts) for each chunk: counted right here for a small corpus, else by worker processes
+    with at most two chunks per worker in flight, so that memory stays bounded."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    head = list(islice(chunks, MIN_PARALLEL_CHUNKS))
+    if len(head) < MIN_PARALLEL_CHUNKS or workers <= 1:
+        for chunk in chain(head, chunks):
+            yield sum(map(len, chunk)), count_chunk(chunk, pattern, special_tokens)
+        return
+    with get_context().Pool(workers) as pool:
+        in_flight: deque = deque()
+        for chunk in chain(head, chunks):
+            in_flight.append((sum(map(len, chunk)), pool.apply_async(count_chunk, (chunk, pattern, special_tokens))))
+            if len(in_flight) >= 2 * workers:  # wait for the oldest before reading more
+                n_chars, result = in_flight.popleft()
+                yield n_chars, result.get()
+        for n_chars, result in in_flight:
+            yield n_chars, result.get()
 
 
 def _all_paths(source) -> list:

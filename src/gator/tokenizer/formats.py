@@ -46,11 +46,13 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def to_printable(token: bytes) -> str:
+    """Token bytes -> GPT-2's printable form (b" the" -> "Ġthe")."""
     table = bytes_to_unicode()
     return "".join(table[b] for b in token)
 
 
 def from_printable(text: str, where: str) -> bytes:
+    """GPT-2's printable form -> token bytes; `where` names the file in the error for a bad character."""
     inverse = _unicode_to_bytes()
     try:
         return bytes(inverse[ch] for ch in text)
@@ -98,6 +100,8 @@ def load(directory) -> Tokenizer:
         raise ValueError(f"{path} is corrupt: not valid JSON ({err}); {fix}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gator tokenizer (no \"format\": \"{FORMAT}\"); {fix}")
+    if data.get("version") != 1:
+        raise ValueError(f"{path} has format version {data.get('version')!r}; this gator reads version 1; {fix}")
     missing = [k for k in ("pattern", "special_tokens", "vocab", "merges") if k not in data]
     if missing:
         raise ValueError(f"{path} is corrupt: missing field(s) {missing}; {fix}")
@@ -176,12 +180,13 @@ def to_tiktoken(tok: Tokenizer, name: str = "gator"):
         raise ValueError(f"tiktoken cannot use pattern {tok.pattern!r}: {err}") from None
 
 
-@cache
-def _class_gap(char_class: str) -> frozenset[str]:
+_CLASS_GAPS: dict[str, frozenset[str]] = {}
+
+
+def _class_gap(char_class: str, everything: str) -> frozenset[str]:
     """The characters that tiktoken's regex engine and the `regex` module put in different classes."""
     import tiktoken
 
-    everything = _all_characters()
     probe = tiktoken.Encoding("probe", pat_str=char_class + "+", special_tokens={},
                               mergeable_ranks={bytes([b]): b for b in range(256)})
     theirs = bytes(probe.encode_ordinary(everything)).decode("utf-8")  # only the matched text is encoded
@@ -189,17 +194,19 @@ def _class_gap(char_class: str) -> frozenset[str]:
     return frozenset(theirs).symmetric_difference(ours)
 
 
-@lru_cache(maxsize=1)
-def _all_characters() -> str:
-    return "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
-
-
 @cache
 def engine_gap(pattern: str) -> frozenset[str]:
     """Characters on which tiktoken and the `regex` module may pre-tokenize `pattern` differently: those
-    that the two engines' Unicode tables classify differently, for every class the pattern names."""
+    that the two engines' Unicode tables classify differently, for every class the pattern names.
+    Found once per process by running each class over all of Unicode in both engines (a fraction of a
+    second)."""
     classes = {r"\s", r"\d", r"\w"} | {r"\p" + c for c in regex.findall(r"\\[pP](\{[^}]*\}|[A-Za-z])", pattern)}
-    return frozenset().union(*(_class_gap(c) for c in sorted(classes)))
+    missing = sorted(classes - _CLASS_GAPS.keys())
+    if missing:
+        everything = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))  # all but surrogates
+        for char_class in missing:
+            _CLASS_GAPS[char_class] = _class_gap(char_class, everything)
+    return frozenset().union(*(_CLASS_GAPS[c] for c in classes))
 
 
 def open_tokenizer(path) -> Tokenizer:
@@ -267,10 +274,18 @@ def load_hf(path) -> Tokenizer:
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); give a Hugging Face tokenizer.json") from None
     model = data.get("model", {})
     if model.get("type") != "BPE":
         raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE; gator reads byte-level BPE only")
+    unsupported = [k for k in ("normalizer",) if data.get(k)] + [k for k in ("ignore_merges", "byte_fallback",
+                                                                              "dropout") if model.get(k)]
+    if unsupported:
+        raise ValueError(f"{path} uses {', '.join(unsupported)}, which gator's BPE does not implement; "
+                         "use the tokenizers library for this tokenizer")
     specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
     vocab = {i: (s.encode("utf-8") if s in specials else from_printable(s, str(path)))
              for s, i in model["vocab"].items()}
@@ -283,6 +298,9 @@ def load_hf(path) -> Tokenizer:
 def _hf_pattern(pre) -> str:
     """The Split regex inside a pre_tokenizer, or GPT-2's when it is a plain ByteLevel with use_regex."""
     steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
+    if any(step.get("type") == "ByteLevel" and step.get("add_prefix_space") for step in steps):
+        raise ValueError("tokenizer.json adds a space before the text (ByteLevel add_prefix_space), which "
+                         "gator does not do; use the tokenizers library for this tokenizer")
     for step in steps:
         if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
             return step["pattern"]["Regex"]

@@ -72,7 +72,9 @@ def pattern_name(pattern: str) -> str:
 
 
 def check_special_tokens(special_tokens) -> list[str]:
-    """Validate special tokens: non-empty strings, none repeated."""
+    """Validate special tokens: a list of non-empty strings, none repeated."""
+    if isinstance(special_tokens, str):
+        raise ValueError(f"special_tokens must be a list of strings, e.g. [{special_tokens!r}], not one string")
     tokens = list(special_tokens or [])
     for token in tokens:
         if not isinstance(token, str) or not token:
@@ -84,18 +86,16 @@ def check_special_tokens(special_tokens) -> list[str]:
     return tokens
 
 
-def special_regex(special_tokens: list[str], as_bytes: bool = False) -> regex.Pattern | None:
+def special_regex(special_tokens: list[str]) -> regex.Pattern | None:
     """A regex that matches any special token, longest first (so '<|a|><|a|>' beats '<|a|>')."""
     if not special_tokens:
         return None
     ordered = sorted(special_tokens, key=len, reverse=True)
-    if as_bytes:
-        return regex.compile(b"|".join(regex.escape(t.encode("utf-8")) for t in ordered))
     return regex.compile("|".join(regex.escape(t) for t in ordered))
 
 
 def split_on_special(text: str, special: regex.Pattern | None) -> list[tuple[str, bool]]:
-    """Cut text into (piece, is_special) pairs; ordinary pieces may be empty strings and are dropped."""
+    """Cut text into (piece, is_special) pairs, in order; empty ordinary pieces are left out."""
     if special is None:
         return [(text, False)] if text else []
     parts: list[tuple[str, bool]] = []

@@ -292,7 +292,7 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
 
             if step % cfg.eval_every == 0:
                 last_eval = _after_eval(evaluate(), state, step, log, records, env, run_dir, say, save)
-            if stop_signal:
+            if stop_signal or (not env.distributed and signals.reason is not None):
                 stop_reason = f"interrupted ({signals.reason or 'signal on another rank'})"
                 break
             if step % cfg.ckpt_every == 0:

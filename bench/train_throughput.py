@@ -1,0 +1,149 @@
+"""Training-step throughput: gator's training step against a plain fp32 eager transformers LlamaForCausalLM
+of the same shape on the same batch, and achieved FLOP/s against the machine's measured bf16 matmul peak.
+
+One full training step = forward + loss + backward + AdamW step. Both models start from the same weights
+(gator's exported with `to_hf`; the first-step losses are printed to show they agree). Configurations
+are timed in interleaved rounds, so a burst of load from other programs hits all of them alike; the
+table reports the median and the best step time over the rounds. The matmul peak is the best of
+square bf16 matmuls of size 1024-4096 in the same run. MFU uses the PaLM count: 6 FLOPs per matmul
+weight per token, plus 12 * layers * seq_len * q_dim for attention.
+
+    .venv/bin/python bench/train_throughput.py [--batch 16] [--seq-len 256] [--rounds 6] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/04-training.md: shared CPUs and OpenMP
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from gator.config import get_preset  # noqa: E402
+from gator.interop.hf import to_hf  # noqa: E402
+from gator.model import Transformer  # noqa: E402
+from gator.train.metrics import measure_matmul_flops, training_flops_per_token  # noqa: E402
+from gator.train.optim import make_optimizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                f = line.split()
+                flags = ", ".join(x for x in ("avx512f", "avx512_bf16", "amx_bf16") if x in f)
+                break
+    except OSError:
+        pass
+    return (f"{name} ({flags or 'no avx512'}), {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+
+
+def make_step(model, optimizer, x, y, autocast_dtype, hf: bool):
+    """One training step as a closure. transformers shifts labels itself, so it gets labels=x: position t
+    predicts x[t+1], which is y[t]; gator's last target is -100 to score exactly the same T-1 positions."""
+    def step() -> float:
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = model(input_ids=x, labels=x).loss if hf else model(x, y)[1]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="demo", help="take the model shape from this recipe")
+    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{args.recipe}.yaml").read_text())
+    config = get_preset(recipe["model"], **{**recipe.get("model_config", {}), "vocab_size": args.vocab_size})
+    B, T = args.batch, args.seq_len
+    print(f"machine: {machine()}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    torch.manual_seed(0)
+    seq = torch.randint(0, config.vocab_size, (B, T + 1))
+    x, y = seq[:, :-1], seq[:, 1:].clone()
+    y[:, -1] = -100
+    cpu = torch.device("cpu")
+
+    def gator(dtype, compiled):
+        torch.manual_seed(0)
+        m = Transformer(config)
+        opt = make_optimizer(m, 1e-4, 0.1, (0.9, 0.95), 1e-8, cpu)
+        return make_step(torch.compile(m) if compiled else m, opt, x, y, dtype, hf=False), m
+
+    def transformers_llama(attn):
+        torch.manual_seed(0)
+        hf = to_hf(Transformer(config)).train()
+        hf.config._attn_implementation = attn
+        opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))
+        return make_step(hf, opt, x, y, None, hf=True), hf
+
+    configs = {
+        "transformers LlamaForCausalLM fp32 eager (reference)": transformers_llama("eager")[0],
+        "transformers LlamaForCausalLM fp32 sdpa": transformers_llama("sdpa")[0],
+        "gator fp32": gator(None, False)[0],
+        "gator bf16 autocast": gator(torch.bfloat16, False)[0],
+    }
+    if not args.no_compile:
+        configs["gator fp32 + torch.compile"] = gator(None, True)[0]
+        configs["gator bf16 autocast + torch.compile"] = gator(torch.bfloat16, True)[0]
+    first = {name: step() for name, step in configs.items()}  # warm-up (and compilation)
+    for name, step in configs.items():
+        step()
+    print("first-step loss (same weights, same batch): "
+          + ", ".join(f"{n.split(' (')[0]}: {v:.4f}" for n, v in first.items()))
+
+    times = {name: [] for name in configs}
+    for _ in range(args.rounds):
+        for name, step in configs.items():
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
+
+    peak_bf16 = max(measure_matmul_flops(cpu, torch.bfloat16, n=n, seconds=0.5) for n in (1024, 2048, 4096))
+    peak_fp32 = max(measure_matmul_flops(cpu, torch.float32, n=n, seconds=0.5) for n in (1024, 2048, 4096))
+    flops_tok = training_flops_per_token(config, Transformer(config).num_matmul_params(), T)
+    ref = statistics.median(times[next(iter(configs))])
+    ref_best = min(times[next(iter(configs))])
+    n_params = Transformer(config).num_params()
+    print(f"\nmodel: {args.recipe} recipe shape, {n_params / 1e6:.2f}M parameters (d_model {config.d_model}, "
+          f"{config.n_layers} layers, {config.n_heads}/{config.n_kv_heads} heads, vocab {config.vocab_size}); "
+          f"batch {B} x {T} tokens; {flops_tok / 1e6:.1f} MFLOP per token per training step")
+    print(f"measured matmul peak: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s\n")
+    print(f"| {'configuration':<52} | {'tokens/s (median)':>17} | {'vs reference':>12} | {'tokens/s (best)':>15} "
+          f"| {'vs ref (best)':>13} | {'GFLOP/s (best)':>14} | {'of bf16 peak':>12} |")
+    print(f"|{'-' * 54}|{'-' * 19}|{'-' * 14}|{'-' * 17}|{'-' * 15}|{'-' * 16}|{'-' * 14}|")
+    for name, ts in times.items():
+        med, best = statistics.median(ts), min(ts)
+        achieved = flops_tok * B * T / best
+        print(f"| {name:<52} | {B * T / med:>17,.0f} | {ref / med:>11.2f}x | {B * T / best:>15,.0f} | "
+              f"{ref_best / best:>12.2f}x | {achieved / 1e9:>14.1f} | {achieved / peak_bf16:>11.0%} |")
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f} (other programs on this machine make timings noisy)")
+
+
+if __name__ == "__main__":
+    main()
