@@ -12,7 +12,7 @@ batch of tokens, in the same run:
 All MoE rows compute the same function (outputs checked equal). The naive loop is timed on fewer tokens
 (it is per-token work, so tokens/s does not depend on how many). Ratios are relative to gator dispatch.
 
-    .venv/bin/python bench/moe.py [--tokens 4096] [--d-model 512] [--experts 64] [--top-k 6] [--ffn 256]
+    .venv/bin/python bench/moe.py [--tokens 2048] [--d-model 512] [--experts 64] [--top-k 6] [--ffn 256] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ def naive_forward(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     """Route and run every token on its own: a Python loop over tokens and their chosen experts."""
     flat = x.reshape(-1, x.shape[-1])
     weights, idx, _ = layer.router(flat)
+    gate_up, down = layer.experts.gate_up.unbind(0), layer.experts.down.unbind(0)  # per-expert matrices
     rows = []
     for t in range(flat.shape[0]):
         y = layer.shared(flat[t])
         for w, e in zip(weights[t], idx[t].tolist()):
-            gate, up = (layer.experts.gate_up[e] @ flat[t]).chunk(2)
-            y = y + w * (layer.experts.down[e] @ (F.silu(gate) * up))
+            gate, up = (gate_up[e] @ flat[t]).chunk(2)
+            y = y + w * (down[e] @ (F.silu(gate) * up))
         rows.append(y)
     return torch.stack(rows).view_as(x)
 
@@ -56,8 +57,8 @@ def time_step(fn, x: torch.Tensor, grad: torch.Tensor, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--naive-tokens", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--naive-tokens", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--experts", type=int, default=64)
     ap.add_argument("--top-k", type=int, default=6)
@@ -66,7 +67,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -104,8 +108,9 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {args.device}"
           f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {args.dtype}")
-    print(f"MoE layer: d_model {args.d_model}, {args.experts} routed experts (top-{args.top_k}) + {args.shared} shared, "
-          f"expert ffn {args.ffn}; {total / 1e6:.1f}M expert params, {active / 1e6:.2f}M active per token")
+    print(f"MoE layer: d_model {args.d_model}, {args.experts} routed experts (top-{args.top_k}) + "
+          f"{args.shared} shared, expert ffn {args.ffn}; {total / 1e6:.1f}M expert params, "
+          f"{active / 1e6:.2f}M active per token")
     print(f"forward + backward, {args.tokens} tokens (naive loop: {args.naive_tokens}), best of {args.repeats}\n")
     base = rows[0][1]
     width = max(len(name) for name, _ in rows)

@@ -111,7 +111,7 @@ def main() -> None:
         configs["gator fp32 + torch.compile"] = gator(None, True)[0]
         configs["gator bf16 autocast + torch.compile"] = gator(torch.bfloat16, True)[0]
     first = {name: step() for name, step in configs.items()}  # warm-up (and compilation)
-    for name, step in configs.items():
+    for step in configs.values():
         step()
     print("first-step loss (same weights, same batch): "
           + ", ".join(f"{n.split(' (')[0]}: {v:.4f}" for n, v in first.items()))

@@ -99,15 +99,24 @@ def test_padded_batch_decodes_like_each_prompt_alone():
 
 
 def test_cache_stores_only_the_latent_and_the_rope_key():
-    model = Transformer(get_preset("deepseek-tiny"))
+    torch.manual_seed(3)
+    model = Transformer(get_preset("deepseek-tiny")).eval()
     c = model.config
     cache = KVCache.for_model(model, batch_size=3, max_len=40)
     assert len(cache.k) == c.n_layers
-    for k, v in zip(cache.k, cache.v):
-        assert tuple(k.shape) == (3, 1, 40, c.kv_lora_rank)  # the compressed latent c_kv
-        assert tuple(v.shape) == (3, 1, 40, c.qk_rope_head_dim)  # the shared RoPE key
+    for k, v in zip(cache.k, cache.v):  # one row [c_kv ; k_rope] per token, nothing per head
+        assert tuple(k.shape) == (3, 1, 40, c.kv_lora_rank + c.qk_rope_head_dim) and v.numel() == 0
     # kv_lora_rank + qk_rope_head_dim numbers per token per layer, whatever the number of heads
     assert cache.nbytes() == 3 * 40 * c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4
+    ids = torch.randint(0, 512, (3, 10))
+    with torch.no_grad():
+        model(ids, cache=cache)
+        attn = model.blocks[0].attn
+        kv = attn.wkv_a(model.blocks[0].attn_norm(model.tok_emb(ids)))  # layer 0's input
+        cos, sin = model.rope_at(torch.arange(10))
+        latent = attn.kv_norm(kv[..., :c.kv_lora_rank])
+        k_rope = apply_rope(kv[:, None, :, c.kv_lora_rank:], cos, sin)[:, 0]
+    torch.testing.assert_close(cache.k[0][:, 0, :10], torch.cat([latent, k_rope], -1))
 
 
 @pytest.mark.parametrize("name,kind", [("tiny-gpt2", "MHA"), ("tiny-gatorgpt", "GQA"), ("deepseek-tiny", "MLA"),
@@ -152,3 +161,21 @@ def test_softmax_scale_with_yarn():
     m = 0.1 * 0.707 * math.log(40) + 1
     assert attn.scale == pytest.approx(24 ** -0.5 * m * m)
     assert MultiHeadLatentAttention(get_preset("deepseek-tiny"), 0).scale == pytest.approx(24 ** -0.5)
+
+
+def test_attention_maps_match_what_mla_computes():
+    """gator.viz's maps for MLA: probabilities that, applied to the values, give the layer's output."""
+    from gator.viz import attention_maps
+
+    torch.manual_seed(5)
+    model = Transformer(mla_config()).eval()
+    ids = torch.randint(0, 512, (1, 9))
+    maps = attention_maps(model, ids)
+    assert maps.shape == (2, 3, 9, 9) and torch.all(maps.triu(1) == 0)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        x = model.blocks[0].attn_norm(model.tok_emb(ids))
+        c_kv = attn.kv_norm(attn.wkv_a(x)[..., :attn.kv_lora_rank])
+        v = attn.wkv_b(c_kv).view(1, 9, 3, attn.dn + attn.dv)[..., attn.dn:].transpose(1, 2)  # (1, H, T, dv)
+        y = attn.wo((maps[0][None] @ v).transpose(1, 2).reshape(1, 9, -1))
+        torch.testing.assert_close(y, attn(x, model.rope_at(torch.arange(9))), atol=1e-5, rtol=1e-5)

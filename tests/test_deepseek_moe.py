@@ -217,3 +217,25 @@ def test_first_layers_dense_and_expert_load_statistics():
     plain = Transformer(get_preset("tiny-gatorgpt"))
     plain.after_optimizer_step()
     assert plain.moe_stats() == {"layers": {}, "max_over_mean": None}
+
+
+def test_expert_load_is_logged_per_step_and_plotted(tmp_path):
+    from gator.viz import plot_expert_load
+
+    torch.manual_seed(6)
+    model = Transformer(get_preset("deepseek-tiny"))
+    history = []
+    for step in range(3):
+        _, loss = model(torch.randint(0, 512, (2, 16)), torch.randint(0, 512, (2, 16)))
+        loss.backward()
+        model.after_optimizer_step()
+        history.append({"step": step, "moe": model.moe_stats(reset=True)})
+    assert all(set(h["moe"]["layers"]) == {"blocks.1.mlp", "mtp.0.block.mlp"} for h in history)
+    layer = model.blocks[1].mlp  # reset=True: the counts start again, so an entry covers its own steps
+    assert layer.load().sum() == 0
+    model(torch.randint(0, 512, (2, 16)))
+    assert layer.load().sum() == 2 * 16 * 2  # tokens x top-2 slots
+    out = plot_expert_load(history, tmp_path / "load.png")
+    assert out.stat().st_size > 1000
+    with pytest.raises(ValueError, match="no expert-load statistics"):
+        plot_expert_load([{"step": 0, "moe": Transformer(get_preset("tiny-gatorgpt")).moe_stats()}], tmp_path / "x.png")

@@ -156,7 +156,7 @@ def test_bad_inputs_say_what_is_wrong(shards, tmp_path):
     with pytest.raises(TrainingError, match="fewer than one batch"):
         pretrain(data=str(tmp_path / "small"), out_dir=str(tmp_path / "x"), max_steps=2, **KW)
     # a tokenizer that is not the one the shards were made with
-    other = train_bpe(["different text entirely " * 20], 300, special_tokens=[END_OF_TEXT], progress=False)
+    other = train_bpe(str(shards / "stories.jsonl"), 300, special_tokens=[END_OF_TEXT], progress=False)
     other.save(tmp_path / "other_tok")
     with pytest.raises(TrainingError, match="is not the one the shards"):
         pretrain(data=data, tokenizer=str(tmp_path / "other_tok"), out_dir=str(tmp_path / "x"), max_steps=2, **KW)
@@ -233,3 +233,18 @@ def test_cli_pretrain_then_sample_matches_generate(shards, tmp_path, capsys):
     assert printed.startswith("Once upon a time" + c.text + "\n")
     assert gator_main(["pretrain", "--recipe", "tiny", "learning_rate=1"]) == 1
     assert "unknown key 'learning_rate'" in capsys.readouterr().err
+
+
+def test_trains_a_deepseek_model_with_its_hook_and_aux_losses(shards, tmp_path):
+    """MLA + DeepSeekMoE + MTP: it must train, the balancing biases must move, the extras get logged."""
+    from gator.model.moe import MoE
+
+    s = pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "ds"), **{**KW, "model": "deepseek-tiny",
+                                                                              "max_steps": 15})
+    losses = [x for _, x in records(tmp_path / "ds")]
+    assert losses[-1] < losses[0] - 0.3 and math.isfinite(s["val_loss"])
+    model = Transformer.from_pretrained(tmp_path / "ds" / "checkpoint")
+    biases = [m for m in model.modules() if isinstance(m, MoE)]
+    assert biases and all(any(t.abs().sum() > 0 for n, t in m.named_buffers() if "bias" in n) for m in biases)
+    last = [r for r in map(json.loads, (tmp_path / "ds" / "metrics.jsonl").read_text().splitlines()) if "loss" in r][-1]
+    assert "moe_max_over_mean" in last and any(k.startswith("loss_") for k in last)

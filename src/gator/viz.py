@@ -77,6 +77,43 @@ def plot_attention(maps: torch.Tensor, tokens: list[str], path: str | Path, laye
     return path
 
 
+def plot_expert_load(history: list[dict], path: str | Path) -> Path:
+    """MoE routing statistics over training: one heatmap per MoE layer (share of routed tokens per expert,
+    per logged step) and the max/mean load of every layer. `history` holds one entry per logged step:
+    {"step": int, "moe": model.moe_stats(reset=True)} (reset: each entry covers the steps since the last)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [h for h in history if h.get("moe") and h["moe"].get("layers")]
+    if not entries:
+        raise ValueError("no expert-load statistics to plot; log model.moe_stats() during training of an MoE model")
+    layers = list(entries[0]["moe"]["layers"])
+    steps = [h["step"] for h in entries]
+    fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(8, 2.2 * (len(layers) + 1)), squeeze=False)
+    for ax, name in zip(axes[:-1, 0], layers):
+        load = torch.tensor([h["moe"]["layers"][name]["load"] for h in entries]).T  # (experts, logged steps)
+        im = ax.imshow(load.numpy(), aspect="auto", cmap="viridis", interpolation="nearest",
+                       extent=(steps[0], steps[-1], load.shape[0] - 0.5, -0.5))
+        ax.set_title(f"{name}: share of routed tokens per expert", fontsize=9)
+        ax.set_ylabel("expert")
+        fig.colorbar(im, ax=ax)
+    ax = axes[-1, 0]
+    for name in layers:
+        ax.plot(steps, [h["moe"]["layers"][name]["max_over_mean"] for h in entries], label=name)
+    ax.axhline(1.0, color="gray", linestyle=":")
+    ax.set_xlabel("step")
+    ax.set_ylabel("max / mean load")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # CLI: gator viz attention --checkpoint DIR --text "..."
 # ---------------------------------------------------------------------------------------------------

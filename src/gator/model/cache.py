@@ -20,7 +20,7 @@ class KVCache:
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                  pad: torch.Tensor | None = None, v_head_dim: int | None = None):
         shape_k = (batch_size, n_kv_heads, max_len, head_dim)
-        shape_v = (batch_size, n_kv_heads, max_len, v_head_dim or head_dim)
+        shape_v = (batch_size, n_kv_heads, max_len, head_dim if v_head_dim is None else v_head_dim)
         self.k = [torch.zeros(shape_k, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape_v, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
@@ -36,9 +36,9 @@ class KVCache:
         max_len = max_len or c.context_length
         if max_len > c.context_length and c.positions != "none":
             raise ValueError(f"cache length {max_len} exceeds the model's context_length {c.context_length}")
-        if c.attention == "mla":  # one latent "head" (k) and one shared RoPE key (v) per token: see model/mla.py
-            return cls(c.n_layers, batch_size, 1, c.kv_lora_rank, max_len, dtype=dtype or p.dtype,
-                       device=p.device, pad=pad, v_head_dim=c.qk_rope_head_dim)
+        if c.attention == "mla":  # one [latent ; RoPE key] row per token in k, v unused: see model/mla.py
+            return cls(c.n_layers, batch_size, 1, c.kv_lora_rank + c.qk_rope_head_dim, max_len,
+                       dtype=dtype or p.dtype, device=p.device, pad=pad, v_head_dim=0)
         return cls(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len, dtype=dtype or p.dtype,
                    device=p.device, pad=pad)
 

@@ -68,50 +68,76 @@ class MultiHeadLatentAttention(nn.Module):
         self.wo = nn.Linear(H * self.dv, d, bias=False)
         self.wo.is_residual_projection = True
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, d) -> q_nope (B, H, T, dn), rotated q_pe (B, H, T, dr), latent [c_kv ; k_pe] (B, 1, T, C+dr)."""
         B, T, _ = x.shape
         H, dn, dr, C = self.n_heads, self.dn, self.dr, self.kv_lora_rank
         q = self.wq(x) if self.q_lora_rank is None else self.wq_b(self.q_norm(self.wq_a(x)))  # (B, T, H*(dn+dr))
         q = q.view(B, T, H, dn + dr).transpose(1, 2)  # (B, H, T, dn+dr)
         q_nope, q_pe = q.split([dn, dr], dim=-1)  # (B, H, T, dn), (B, H, T, dr)
         c_kv, k_pe = self.wkv_a(x).split([C, dr], dim=-1)  # (B, T, C), (B, T, dr)
-        c_kv = self.kv_norm(c_kv)[:, None]  # (B, 1, T, C): one latent "head"
-        k_pe = k_pe[:, None]  # (B, 1, T, dr): one RoPE key shared by every head
         cos, sin = rope
-        q_pe, k_pe = apply_rope(q_pe, cos, sin), apply_rope(k_pe, cos, sin)
+        q_pe = apply_rope(q_pe, cos, sin)
+        k_pe = apply_rope(k_pe[:, None], cos, sin)  # (B, 1, T, dr): one RoPE key shared by every head
+        latent = torch.cat([self.kv_norm(c_kv)[:, None], k_pe], dim=-1)  # (B, 1, T, C+dr): one "head"
+        return q_nope, q_pe, latent
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_nope, q_pe, latent = self.project(x, rope)
         absorb = self.absorb
         if absorb is None:
             absorb = cache is not None and cache.length > 0
-        if cache is not None:
-            c_kv, k_pe = cache.update(self.layer_idx, c_kv, k_pe)  # (B, 1, L, C), (B, 1, L, dr)
+        if cache is not None:  # the cache stores [c_kv ; k_pe] and nothing else
+            latent, _ = cache.update(self.layer_idx, latent, latent[..., :0])  # (B, 1, L, C+dr)
         causal = cache is None and mask is None
         if absorb:
-            y = self._absorbed(q_nope, q_pe, c_kv, k_pe, mask, causal)
+            y = self._absorbed(q_nope, q_pe, latent, mask, causal)
         else:
-            y = self._explicit(q_nope, q_pe, c_kv, k_pe, mask, causal)
-        return self.wo(y.reshape(B, T, H * self.dv))
+            y = self._explicit(q_nope, q_pe, latent, mask, causal)
+        return self.wo(y.reshape(B, T, self.n_heads * self.dv))
 
-    def _explicit(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor,
+    def attention_probs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention probabilities (B, H, T, T), computed explicitly (for gator.viz, not speed)."""
+        q_nope, q_pe, latent = self.project(x, rope)
+        B, H, T, _ = q_nope.shape
+        c_kv, k_pe = latent[:, 0].split([self.kv_lora_rank, self.dr], dim=-1)  # (B, T, C), (B, T, dr)
+        k_nope = self.wkv_b(c_kv).view(B, T, H, self.dn + self.dv)[..., :self.dn].transpose(1, 2)  # (B, H, T, dn)
+        scores = (q_nope @ k_nope.transpose(-1, -2) + q_pe @ k_pe[:, None].transpose(-1, -2)) * self.scale
+        allowed = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.float().masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+
+    def _explicit(self, q_nope: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor,
                   mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         """Up-project the latent to per-head keys/values, then standard attention -> (B, T, H, dv)."""
         B, H, T, _ = q_nope.shape
-        L = c_kv.shape[2]
-        kv = self.wkv_b(c_kv[:, 0]).view(B, L, H, self.dn + self.dv).transpose(1, 2)  # (B, H, L, dn+dv)
+        L = latent.shape[2]
+        c_kv, k_pe = latent[:, 0].split([self.kv_lora_rank, self.dr], dim=-1)  # (B, L, C), (B, L, dr)
+        kv = self.wkv_b(c_kv).view(B, L, H, self.dn + self.dv).transpose(1, 2)  # (B, H, L, dn+dv)
         k_nope, v = kv.split([self.dn, self.dv], dim=-1)  # (B, H, L, dn), (B, H, L, dv)
-        k = torch.cat([k_nope, k_pe.expand(B, H, L, self.dr)], dim=-1)  # (B, H, L, dn+dr)
+        k = torch.cat([k_nope, k_pe[:, None].expand(B, H, L, self.dr)], dim=-1)  # (B, H, L, dn+dr)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, H, T, dn+dr)
         y = attend(q, k, v, mask, causal, dropout=self.dropout if self.training else 0.0, scale=self.scale)
         return y.transpose(1, 2)  # (B, T, H, dv)
 
-    def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor,
+    def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor,
                   mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         """Attend over the latent itself: W_uk folded into the query, W_uv into the output -> (B, T, H, dv)."""
         w = self.wkv_b.weight.view(self.n_heads, self.dn + self.dv, self.kv_lora_rank)  # (H, dn+dv, C)
         w_uk, w_uv = w[:, :self.dn], w[:, self.dn:]  # (H, dn, C), (H, dv, C)
+        B, H, T, _ = q_nope.shape
         q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)  # (B, H, T, C): the query in latent space
-        q = torch.cat([q_lat, q_pe], dim=-1)  # (B, H, T, C+dr)
-        k = torch.cat([c_kv, k_pe], dim=-1)  # (B, 1, L, C+dr): one key head shared by all H query heads
-        o_lat = attend(q, k, c_kv, mask, causal, dropout=self.dropout if self.training else 0.0,
-                       scale=self.scale)  # (B, H, T, C): attention-weighted latents
-        return torch.einsum("bhtc,hvc->bthv", o_lat, w_uv)  # (B, T, H, dv)
+        # Every head attends to the same keys [c_kv ; k_pe], so fold the heads into the query axis:
+        # one attention of H*T queries over the cache as it is stored, no per-head copy of it.
+        q = torch.cat([q_lat, q_pe], dim=-1).reshape(B, H * T, -1)  # (B, H*T, C+dr)
+        scores = torch.matmul(q, latent[:, 0].transpose(1, 2)).float() * self.scale  # (B, H*T, L)
+        if causal:  # query t of every head sees keys 0..t
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[None, None]
+        if mask is not None:
+            scores = scores.view(B, H, T, -1).masked_fill(~mask[:, 0, None], float("-inf")).view(B, H * T, -1)
+        probs = torch.nn.functional.dropout(scores.softmax(dim=-1), self.dropout if self.training else 0.0)
+        o_lat = torch.matmul(probs.to(q.dtype), latent[:, 0, :, :self.kv_lora_rank])  # (B, H*T, C): the values are c_kv
+        return torch.einsum("bhtc,hvc->bthv", o_lat.view(B, H, T, -1), w_uv)  # (B, T, H, dv)

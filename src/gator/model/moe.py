@@ -112,7 +112,8 @@ def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> to
         except (RuntimeError, NotImplementedError):
             _GROUPED_MM_FAILED.add(key)  # e.g. a dtype or device without a kernel: use one matmul per group
     chunks = x.split(counts.tolist())
-    return torch.cat([chunk @ w[e].T for e, chunk in enumerate(chunks)])
+    # unbind, not w[e]: the backward of unbind stacks E gradients once, indexing would build E full-size ones
+    return torch.cat([chunk @ we.T for we, chunk in zip(w.unbind(0), chunks)])
 
 
 def sequence_balance_loss(scores: torch.Tensor, idx: torch.Tensor, n_experts: int) -> torch.Tensor:

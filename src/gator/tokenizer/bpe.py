@@ -149,7 +149,11 @@ def train_bpe(source, vocab_size: int, special_tokens=(), pattern: str = "gpt2",
 
 class Tokenizer:
     """A byte-level BPE tokenizer: a vocabulary (id -> bytes), the merges in the order they were learned,
-    special tokens, and the pre-tokenizer pattern (a name: gpt2, gpt4, o200k; or a regex)."""
+    special tokens, and the pre-tokenizer pattern (a name: gpt2, gpt4, o200k; or a regex).
+
+    Attributes: `vocab` {id: bytes} (special tokens included), `merges` [(bytes, bytes)], `special_tokens`
+    [str], `special_ids` {str: id}, `pattern` (the regex), and `use_fast`: set it to False to make encode()
+    take the pure-Python path. Special tokens missing from `vocab` get the next free ids."""
 
     def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
                  special_tokens: list[str] | None = None, pattern: str = "gpt2"):
@@ -294,7 +298,8 @@ class Tokenizer:
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily encode the concatenation of `iterable` (e.g. an open file): same ids as encoding the whole
         text, in memory that does not grow with its length. Text is encoded up to the last position where
-        it may safely be cut (see patterns.cut_finder); the rest waits for more text."""
+        it may safely be cut (see patterns.cut_finder); the rest waits for more text. (With a custom regex
+        and no special tokens in the text there is no safe cut, and the whole text is held.)"""
         finder = cut_finder(self.pattern, self.special_tokens)
         buffer = ""
         for text in iterable:

@@ -22,9 +22,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -163,11 +164,11 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
     val_indices = _eval_indices(n_val_windows, cfg.eval_tokens // seq_len, env)
     step0, samples0, tokens0 = state["step"], state["samples"], state["tokens"]
     say(f"model {cfg.model}: {raw.num_params():,} parameters, d_model {mcfg.d_model}, {mcfg.n_layers} layers, "
-        f"vocab {mcfg.vocab_size}; {amp_dtype} autocast on {device} x {env.world}")
+        f"vocab {mcfg.vocab_size}; {_dtype_name(amp_dtype)} on {device} x {env.world}")
     say(f"data: {train_data.n_tokens:,} train / {val_data.n_tokens:,} val tokens; global batch {global_seqs} x "
         f"{seq_len} = {global_seqs * seq_len:,} tokens ({accum} accumulation steps)"
         + (f"; resuming at step {step0}" if saved else ""))
-    bar = _progress_bar(cfg, env, step0)
+    bar = _progress_bar(cfg, env, step0, state["elapsed"])
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -278,15 +279,15 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
                 tok_per_s = (state["tokens"] - tokens_log) / max(now - t_log, 1e-9)
                 mfu = flops_per_token * tok_per_s / (peak * env.world)
                 t_log, tokens_log = now, state["tokens"]
-                record.update(tokens_per_s=tok_per_s, mfu=mfu, elapsed=elapsed)
+                record.update(tokens_per_s=tok_per_s, mfu=mfu, elapsed=elapsed, **_model_stats(raw))
                 if env.is_main:
                     log.write(record)
                     records.append(record)
             if bar is not None:
-                bar.update(1)
+                bar.update(1 if bar.unit == "step" else min(elapsed, bar.total) - bar.n)
                 eta = _eta(cfg, step, step0, elapsed, elapsed0, max_seconds)
-                bar.set_postfix_str(f"loss {train_loss:.3f} | lr {lr:.1e} | {format_count(tok_per_s)} tok/s | "
-                                    f"MFU {mfu:.0%} | ETA {eta}", refresh=False)
+                bar.set_postfix_str(f"step {step} | loss {train_loss:.3f} | lr {lr:.1e} | "
+                                    f"{format_count(tok_per_s)} tok/s | MFU {mfu:.0%} | ETA {eta}", refresh=False)
             if on_step is not None:
                 on_step(step, record)
 
@@ -315,7 +316,7 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
     }
     say(f"stopped: {stop_reason} at step {state['step']} after {format_seconds(state['elapsed'])}; val loss "
         f"{summary['val_loss']:.4f}, ppl {summary['val_ppl']:.2f}, {summary['val_bpb']:.4f} bits/byte; "
-        f"checkpoint in {run_dir / 'checkpoint'}" + (f" (resume with --resume)" if "interrupt" in str(stop_reason)
+        f"checkpoint in {run_dir / 'checkpoint'}" + (" (resume with --resume)" if "interrupt" in str(stop_reason)
                                                      else ""))
     return summary
 
@@ -334,6 +335,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}.get(dtype, "fp32")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -416,6 +421,16 @@ def _eta(cfg: TrainConfig, step: int, step0: int, elapsed: float, elapsed0: floa
     return format_seconds(min(options)) if options else "?"
 
 
+def _model_stats(raw: Transformer) -> dict[str, float]:
+    """Extras some models report: auxiliary losses (MoE balance, MTP) and expert load (max/mean)."""
+    out = {f"loss_{k}": float(v) for k, v in (getattr(raw, "last_losses", None) or {}).items()}
+    if hasattr(raw, "moe_stats"):
+        ratio = raw.moe_stats(reset=True)["max_over_mean"]
+        if ratio is not None:
+            out["moe_max_over_mean"] = ratio
+    return out
+
+
 def _saved_step(directory: Path) -> str:
     try:
         return str(load_training_state(directory)["step"])
@@ -432,11 +447,15 @@ def _printer(env: D.Env) -> Callable[[str], None]:
     return say
 
 
-def _progress_bar(cfg: TrainConfig, env: D.Env, step0: int):
+def _progress_bar(cfg: TrainConfig, env: D.Env, step0: int, elapsed: float):
+    """A bar over steps, or over seconds when only a time budget is set."""
     if not (cfg.progress and env.is_main):
         return None
     from tqdm.auto import tqdm
 
+    if cfg.max_steps is None and cfg.max_seconds is not None:
+        return tqdm(total=round(cfg.max_seconds), initial=round(elapsed), desc="pretrain", unit="s",
+                    dynamic_ncols=True, bar_format="{desc} |{bar}| {n:.0f}/{total} s{postfix}")
     return tqdm(total=cfg.max_steps, initial=step0, desc="pretrain", unit="step", dynamic_ncols=True,
                 bar_format="{desc} {n_fmt}/{total_fmt} steps |{bar}| [{elapsed}{postfix}]")
 

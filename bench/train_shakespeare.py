@@ -1,0 +1,73 @@
+"""Quality at a fixed budget: a byte-level GatorGPT (vocabulary 256, no merges) on tinyshakespeare.txt,
+first 90% of the bytes for training and the last 10% for validation, 60 seconds of training on this
+machine. Target: validation loss <= 1.70 nats per character (the text is ASCII: one byte per character).
+
+The bytes are written as token shards directly (`gator.data.write_tokens`), then `gator.train.pretrain`
+runs with the settings below; the final evaluation covers the whole validation split. Evaluations during
+training count against the 60 s, so there is only the final one (after the budget).
+
+    .venv/bin/python bench/train_shakespeare.py [--seconds 60] [--out runs/bench-shakespeare]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/04-training.md: shared CPUs and OpenMP
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gator.data import write_tokens  # noqa: E402
+from gator.train import pretrain  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
+
+SETTINGS = dict(
+    model="gatorgpt",
+    model_config=dict(vocab_size=256, context_length=128, d_model=192, n_layers=4, n_heads=6, n_kv_heads=6,
+                      ffn_dim=512),
+    seq_len=128, micro_batch=32, batch_tokens=4096, lr=3e-3, min_lr=3e-4, warmup_steps=20, schedule="cosine",
+    weight_decay=0.1, grad_clip=1.0, dtype="auto", eval_every=10**9, log_every=10, ckpt_every=10**9,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--out", default="runs/bench-shakespeare")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a setting")
+    args = ap.parse_args()
+
+    from gator.train import parse_overrides
+
+    data = np.frombuffer(CORPUS.read_bytes(), dtype=np.uint8).astype(np.uint16)
+    n_train = int(0.9 * len(data))
+    out = Path(args.out)
+    write_tokens(out / "data", {"train": data[:n_train], "val": data[n_train:]},
+                 {"vocab_size": 256, "eot_id": None, "fingerprint": "bytes"}, source=str(CORPUS))
+    settings = {**SETTINGS, **parse_overrides(args.set)}
+    n_val = len(data) - n_train
+    print(f"tinyshakespeare: {len(data):,} bytes, train {n_train:,} / val {n_val:,}; load average "
+          f"{os.getloadavg()[0]:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    t0 = time.perf_counter()
+    s = pretrain(data=str(out / "data"), out_dir=str(out / "run"), max_time=args.seconds,
+                 eval_tokens=n_val, **settings)
+    wall = time.perf_counter() - t0
+    status = "met" if s["val_loss"] <= 1.70 else "NOT met"
+    print("\n| model | params | budget | steps | tokens seen | tokens/s | val loss (nats/char) | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| byte-level GatorGPT d{SETTINGS['model_config']['d_model']} x{SETTINGS['model_config']['n_layers']} "
+          f"({s['dtype']}) | {s['parameters'] / 1e6:.2f}M | {args.seconds:g} s | {s['steps']} | {s['tokens']:,} | "
+          f"{s['tokens_per_s']:,.0f} | {s['val_loss']:.3f} | <= 1.70: {status} |")
+    print(f"(wall time including startup and the final evaluation of {n_val:,} characters: {wall:.0f} s; load "
+          f"average at end {os.getloadavg()[0]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
