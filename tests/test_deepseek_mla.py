@@ -127,7 +127,8 @@ def test_info_kv_bytes_match_real_cache_tensors(name, kind):
         model = Transformer(cfg)
     info = model.info()
     assert info["attention"].startswith(kind)
-    for dtype, key in ((torch.float32, "kv_cache_bytes_per_token_fp32"), (torch.bfloat16, "kv_cache_bytes_per_token_bf16")):
+    for dtype, key in ((torch.float32, "kv_cache_bytes_per_token_fp32"),
+                       (torch.bfloat16, "kv_cache_bytes_per_token_bf16")):
         cache = KVCache.for_model(model, batch_size=1, max_len=16, dtype=dtype)
         real = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
         assert info[key] * 16 == real

@@ -31,10 +31,11 @@ def test_mtp_module_matches_transformers_mtp_model():
     s = model.state_dict()
     theirs = {"layers.0.enorm.weight": s["mtp.0.enorm.weight"], "layers.0.hnorm.weight": s["mtp.0.hnorm.weight"],
               "layers.0.eh_proj.weight": s["mtp.0.proj.weight"], "layers.0.post_norm.weight": s["mtp.0.norm.weight"]}
-    names = {"attn.wq_a": "self_attn.q_a_proj", "attn.q_norm": "self_attn.q_a_layernorm", "attn.wq_b": "self_attn.q_b_proj",
-             "attn.wkv_a": "self_attn.kv_a_proj_with_mqa", "attn.kv_norm": "self_attn.kv_a_layernorm",
-             "attn.wkv_b": "self_attn.kv_b_proj", "attn.wo": "self_attn.o_proj", "attn_norm": "input_layernorm",
-             "mlp_norm": "post_attention_layernorm", "mlp.router": "mlp.gate", "mlp.shared.down": "mlp.shared_experts.down_proj"}
+    names = {"attn.wq_a": "self_attn.q_a_proj", "attn.q_norm": "self_attn.q_a_layernorm",
+             "attn.wq_b": "self_attn.q_b_proj", "attn.wkv_a": "self_attn.kv_a_proj_with_mqa",
+             "attn.kv_norm": "self_attn.kv_a_layernorm", "attn.wkv_b": "self_attn.kv_b_proj",
+             "attn.wo": "self_attn.o_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+             "mlp.router": "mlp.gate", "mlp.shared.down": "mlp.shared_experts.down_proj"}
     b, h = "mtp.0.block.", "layers.0.mtp_block."
     for ours, hf_name in names.items():
         theirs[f"{h}{hf_name}.weight"] = s[f"{b}{ours}.weight"]

@@ -164,7 +164,8 @@ def test_causal_rule_learns_the_top_k_choice():
     assert model.last_losses["lm"].item() < first - 1.0  # and the model trains
 
 
-@pytest.mark.parametrize("kw,field", [(dict(mod_capacity=0.0), "mod_capacity"), (dict(mod_capacity=1.5), "mod_capacity"),
+@pytest.mark.parametrize("kw,field", [(dict(mod_capacity=0.0), "mod_capacity"),
+                                      (dict(mod_capacity=1.5), "mod_capacity"),
                                       (dict(mod_layers=[3]), "mod_layers"), (dict(mod_layers=[1, 1]), "mod_layers"),
                                       (dict(mod_decode="oracle"), "mod_decode")])
 def test_bad_settings_fail_at_config_time(kw, field):

@@ -49,3 +49,18 @@ def test_plot_attention_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="one sequence"):
         attention_maps(model, torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_cli_draws_attention_for_a_checkpoint(tmp_path, capsys):
+    from gator.cli import main
+    from gator.tokenizer import train_bpe
+
+    tok = train_bpe("once upon a time there was a little cat. " * 30, 280, special_tokens=["<|endoftext|>"],
+                    progress=False)
+    model = Transformer(get_preset("tiny-gatorgpt", vocab_size=len(tok.vocab)))
+    model.save_pretrained(tmp_path / "m", tokenizer=tok)
+    assert main(["viz", "attention", "--checkpoint", str(tmp_path / "m"), "--text", "once upon a time",
+                 "--out", str(tmp_path / "a.png"), "--layers", "1"]) == 0
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["viz", "attention", "--checkpoint", str(tmp_path / "m"), "--text", "cat", "--layers", "7"]) == 1
+    assert "layer 7 does not exist" in capsys.readouterr().err
