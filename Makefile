@@ -28,6 +28,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/generate.py
+	$(PY) bench/moe.py
+	$(PY) bench/mla.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

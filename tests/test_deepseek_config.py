@@ -113,3 +113,18 @@ def test_presets_train_with_a_plain_training_step(name, overrides, steps):
                   and hasattr(m.router, "expert_bias")]
     if model.config.moe_bias_update > 0:  # the hook moved the balancing biases
         assert any(not torch.equal(a, b) for a, b in zip(bias_before, bias_after))
+
+
+def test_save_and_load_keep_every_deepseek_and_mod_weight(tmp_path):
+    yarn = dict(type="yarn", factor=4, original_context_length=32, mscale=0.707, mscale_all_dim=0.707)
+    torch.manual_seed(1)
+    model = Transformer(get_preset("deepseek-tiny", mod_layers=[0], rope_scaling=yarn)).eval()
+    model.blocks[1].mlp.router.expert_bias.normal_(0, 0.1)
+    model.save_pretrained(tmp_path)
+    back = Transformer.from_pretrained(tmp_path).eval()
+    assert back.config == model.config
+    torch.testing.assert_close(back.blocks[1].mlp.router.expert_bias, model.blocks[1].mlp.router.expert_bias)
+    torch.testing.assert_close(back.rope.cos, model.rope.cos)  # YaRN tables rebuilt after loading
+    ids = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids)[0], model(ids)[0])

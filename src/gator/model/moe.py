@@ -103,6 +103,7 @@ _GROUPED_MM_FAILED: set[tuple[str, torch.dtype]] = set()
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Rows of x (M, in) sorted by group, counts (E,) rows per group, w (E, out, in) -> (M, out)."""
     key = (x.device.type, x.dtype)
+    w = w.to(x.dtype)  # under autocast x arrives in bf16/fp16 while the weights stay fp32
     if hasattr(F, "grouped_mm") and key not in _GROUPED_MM_FAILED:
         try:
             y = F.grouped_mm(x, w.transpose(1, 2), offs=counts.cumsum(0).to(torch.int32))  # (M, out)

@@ -139,11 +139,10 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
     model = D.wrap(raw, env, cfg.parallel)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = make_optimizer(raw if cfg.parallel != "fsdp" else model, cfg.lr, cfg.weight_decay,
-                               (cfg.beta1, cfg.beta2), cfg.eps, device)
+    optimizer = make_optimizer(raw, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if saved is not None:
-        D.load_optimizer_state(model, optimizer, saved["optimizer"], env, cfg.parallel)
+        D.load_optimizer_state(raw, optimizer, saved["optimizer"], env, cfg.parallel)
         if "scaler" in saved and scaler.is_enabled():
             scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
@@ -170,12 +169,14 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
         + (f"; resuming at step {step0}" if saved else ""))
     bar = _progress_bar(cfg, env, step0, state["elapsed"])
 
+    eval_batch = max(cfg.micro_batch, 16)  # no activations are kept for backward, so bigger batches fit
+
     def evaluate() -> dict[str, float]:
         model.eval()
         total = torch.zeros(2, device=device)
         with torch.no_grad(), autocast:
-            for i in range(0, len(val_indices), cfg.micro_batch):
-                x, y = val_data.windows(val_indices[i:i + cfg.micro_batch], seq_len)
+            for i in range(0, len(val_indices), eval_batch):
+                x, y = val_data.windows(val_indices[i:i + eval_batch], seq_len)
                 _, loss = model(x.to(device), y.to(device))
                 total += torch.stack([loss.float() * len(x), torch.tensor(float(len(x)), device=device)])
         model.train()
@@ -185,8 +186,7 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
                 "val_bpb": bits_per_byte(val, val_data.tokens_per_byte())}
 
     def save(name: str, with_state: bool) -> None:
-        msd, osd = D.full_state_dicts(model if cfg.parallel == "fsdp" else raw,
-                                      optimizer if with_state else None, env, cfg.parallel)
+        msd, osd = D.full_state_dicts(raw, optimizer if with_state else None, env, cfg.parallel)
         failed, error = torch.zeros(1, device=device), None
         if env.is_main:
             training_state = None
@@ -257,7 +257,7 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
             scaler.unscale_(optimizer)
             grad_norm = None
             if cfg.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             scaler.step(optimizer)
             scaler.update()
