@@ -69,7 +69,8 @@ def make_step(model, optimizer, x, y, autocast_dtype, hf: bool):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="demo", help="take the model shape from this recipe")
-    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--vocab-size", type=int, default=4096, help="with --recipe")
+    ap.add_argument("--preset", help="a model preset instead of a recipe's shape (e.g. gatorgpt)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=6)
@@ -77,8 +78,12 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
 
-    recipe = yaml.safe_load((ROOT / "recipes" / f"{args.recipe}.yaml").read_text())
-    config = get_preset(recipe["model"], **{**recipe.get("model_config", {}), "vocab_size": args.vocab_size})
+    if args.preset:
+        config, shape = get_preset(args.preset, context_length=args.seq_len), f"preset {args.preset}"
+    else:
+        recipe = yaml.safe_load((ROOT / "recipes" / f"{args.recipe}.yaml").read_text())
+        config = get_preset(recipe["model"], **{**recipe.get("model_config", {}), "vocab_size": args.vocab_size})
+        shape = f"{args.recipe} recipe shape"
     B, T = args.batch, args.seq_len
     print(f"machine: {machine()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
@@ -130,7 +135,7 @@ def main() -> None:
     ref = statistics.median(times[next(iter(configs))])
     ref_best = min(times[next(iter(configs))])
     n_params = Transformer(config).num_params()
-    print(f"\nmodel: {args.recipe} recipe shape, {n_params / 1e6:.2f}M parameters (d_model {config.d_model}, "
+    print(f"\nmodel: {shape}, {n_params / 1e6:.2f}M parameters (d_model {config.d_model}, "
           f"{config.n_layers} layers, {config.n_heads}/{config.n_kv_heads} heads, vocab {config.vocab_size}); "
           f"batch {B} x {T} tokens; {flops_tok / 1e6:.1f} MFLOP per token per training step")
     print(f"measured matmul peak: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s\n")
