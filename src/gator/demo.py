@@ -15,11 +15,18 @@ tokenizer/, data/, checkpoint/, best/, metrics.jsonl, loss.png, samples.txt, sum
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from pathlib import Path
+import os
+
+# Before torch is imported: let idle OpenMP threads sleep instead of spinning, which keeps training fast
+# when other programs share the cores (measured in docs/04-training.md, "Shared CPUs and OpenMP threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 TINYSTORIES = "roneneldan/TinyStories"
 HUB_STORIES = 50_000  # stories streamed from the hub (about 40 MB of text: more than 3 minutes can use)
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--recipe", default="demo")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic-stories", type=int, default=SYNTHETIC_STORIES,
+                   help="size of the synthetic corpus, when it is used")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -76,18 +85,22 @@ def run(args: argparse.Namespace) -> dict:
             for doc in iter_documents(TINYSTORIES, limit=HUB_STORIES):
                 f.write(json.dumps({"text": doc}) + "\n")
     else:
-        source = write_corpus(run_dir / "corpus.jsonl", SYNTHETIC_STORIES, seed=args.seed)
+        source = write_corpus(run_dir / "corpus.jsonl", args.synthetic_stories, seed=args.seed)
         print("  the Hugging Face hub is not reachable, so this demo uses Gator's synthetic story corpus\n"
-              f"  ({SYNTHETIC_STORIES:,} stories from the grammar in gator/data/synthetic.py, written to {source}).\n"
+              f"  ({args.synthetic_stories:,} stories from the grammar in gator/data/synthetic.py, "
+              f"written to {source}).\n"
               "  It is a fallback: for real text run  make demo DATA=../shared/data/tinystories/tinystories_5k.jsonl")
 
     # 2. tokenizer
     print(f"\n[2/5] BPE tokenizer, vocabulary {args.vocab_size}")
     t = time.perf_counter()
-    tok = train_bpe(_capped(iter_documents(source, field=args.field), TOKENIZER_CHARS), args.vocab_size,
-                    special_tokens=[END_OF_TEXT], progress=progress)
+    with warnings.catch_warnings(record=True) as caught:  # a small corpus may support fewer merges
+        warnings.simplefilter("always")
+        tok = train_bpe(_capped(iter_documents(source, field=args.field), TOKENIZER_CHARS), args.vocab_size,
+                        special_tokens=[END_OF_TEXT], progress=progress)
     tok.save(run_dir / "tokenizer")
-    print(f"  {len(tok.vocab)} tokens, trained in {time.perf_counter() - t:.1f} s -> {run_dir / 'tokenizer'}")
+    note = " (the corpus has no more pairs to merge)" if len(tok.vocab) < args.vocab_size and caught else ""
+    print(f"  {len(tok.vocab)} tokens{note}, trained in {time.perf_counter() - t:.1f} s -> {run_dir / 'tokenizer'}")
 
     # 3. shards
     print("\n[3/5] token shards (train/val split by document)")

@@ -34,6 +34,7 @@ from gator.cli import GatorError
 from gator.config import ModelConfig, get_preset
 from gator.data.shards import TokenData, WindowOrder, load_manifest, load_tokenizer, tokenizer_info
 from gator.model import Transformer
+from gator.model.transformer import load_safetensors
 from gator.train import distributed as D
 from gator.train.checkpoint import (
     check_same_shape,
@@ -119,7 +120,7 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
                             f"{seq_len + 1}; prepare with a larger --val-fraction or lower seq_len")
 
     # ---- model, resumed weights, parallel wrapping, optimizer ----
-    peak = cfg.peak_flops or peak_flops(device, amp_dtype, seconds=0.2)  # before seeding: uses no global RNG
+    peak = cfg.peak_flops or peak_flops(device, amp_dtype, seconds=0.2)  # before seeding the run's RNG
     torch.manual_seed(cfg.seed)
     raw = Transformer(mcfg)
     state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "elapsed": 0.0, "warmup_elapsed": None,
@@ -130,8 +131,6 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
     saved = None
     if resume_dir is not None:
         check_same_shape(ModelConfig.load(resume_dir / "config.json"), mcfg, resume_dir)
-        from gator.model.transformer import load_safetensors
-
         raw.load_checked_state_dict(load_safetensors(resume_dir / "model.safetensors"), source=str(resume_dir))
         saved = load_training_state(resume_dir)
         state.update({k: saved[k] for k in state})
