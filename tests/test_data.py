@@ -181,3 +181,18 @@ def test_synthetic_stories_are_deterministic_and_varied():
     assert sum('"' in s for s in a) > 100  # dialogue
     words = {w for s in a for w in s.split()}
     assert len(words) > 150
+
+
+def test_prepare_command_line(corpus, tmp_path, capsys):
+    from gator.cli import main
+
+    path, docs, tok, d = corpus
+    assert main(["prepare", "--input", str(path), "--tokenizer", str(d / "tok"), "--out", str(tmp_path / "s"),
+                 "--val-fraction", "0.1", "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    m = load_manifest(tmp_path / "s")
+    assert f"train: {m['splits']['train']['documents']:,} documents, {m['splits']['train']['tokens']:,} tokens" in out
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(docs)
+    assert main(["prepare", "--input", str(path), "--tokenizer", str(d / "tok"), "--out", str(tmp_path / "t"),
+                 "--field", "story", "--workers", "0", "--no-progress"]) == 1
+    assert "has no field 'story'" in capsys.readouterr().err

@@ -248,3 +248,11 @@ def test_trains_a_deepseek_model_with_its_hook_and_aux_losses(shards, tmp_path):
     assert biases and all(any(t.abs().sum() > 0 for n, t in m.named_buffers() if "bias" in n) for m in biases)
     last = [r for r in map(json.loads, (tmp_path / "ds" / "metrics.jsonl").read_text().splitlines()) if "loss" in r][-1]
     assert "moe_max_over_mean" in last and any(k.startswith("loss_") for k in last)
+
+
+def test_sigterm_checkpoints_and_stops(shards, tmp_path):
+    s = pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "t"), max_steps=50,
+                 on_step=lambda step, r: os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None, **KW)
+    assert s["stopped"] == "interrupted (SIGTERM)" and s["steps"] == 3
+    assert load_training_state(tmp_path / "t" / "checkpoint")["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone after training
