@@ -51,7 +51,9 @@ def main() -> None:
     out = Path(args.out)
     write_tokens(out / "data", {"train": data[:n_train], "val": data[n_train:]},
                  {"vocab_size": 256, "eot_id": None, "fingerprint": "bytes"}, source=str(CORPUS))
-    settings = {**SETTINGS, **parse_overrides(args.set)}
+    overrides = parse_overrides(args.set)
+    settings = {**SETTINGS, **overrides,
+                "model_config": {**SETTINGS["model_config"], **overrides.get("model_config", {})}}
     n_val = len(data) - n_train
     print(f"tinyshakespeare: {len(data):,} bytes, train {n_train:,} / val {n_val:,}; load average "
           f"{os.getloadavg()[0]:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -62,8 +64,9 @@ def main() -> None:
     status = "met" if s["val_loss"] <= 1.70 else "NOT met"
     print("\n| model | params | budget | steps | tokens seen | tokens/s | val loss (nats/char) | target |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| byte-level GatorGPT d{SETTINGS['model_config']['d_model']} x{SETTINGS['model_config']['n_layers']} "
-          f"({s['dtype']}) | {s['parameters'] / 1e6:.2f}M | {args.seconds:g} s | {s['steps']} | {s['tokens']:,} | "
+    mc = settings["model_config"]
+    print(f"| byte-level GatorGPT d{mc['d_model']} x{mc['n_layers']}, T {settings['seq_len']}, batch "
+          f"{settings['batch_tokens']} ({s['dtype']}) | {s['parameters'] / 1e6:.2f}M | {args.seconds:g} s | {s['steps']} | {s['tokens']:,} | "
           f"{s['tokens_per_s']:,.0f} | {s['val_loss']:.3f} | <= 1.70: {status} |")
     print(f"(wall time including startup and the final evaluation of {n_val:,} characters: {wall:.0f} s; load "
           f"average at end {os.getloadavg()[0]:.2f})")
