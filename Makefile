@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m gator.demo $(if $(DATA),--data $(DATA),)
+	$(PY) -m gator.demo $(if $(DATA),--data $(DATA),) $(if $(MINUTES),--minutes $(MINUTES),)
 
 test: $(STAMP)
 	$(PY) -m pytest

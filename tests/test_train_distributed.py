@@ -47,7 +47,7 @@ def losses(records, key="loss"):
 def test_two_processes_match_one_with_accumulation(data, tmp_path, parallel):
     one, _ = run(1, data, tmp_path / "one", "max_steps=8")
     two, out = run(2, data, tmp_path / "two", "max_steps=8", f"parallel={parallel}")
-    assert "cpu x 2" in out and "(2 accumulation steps)" not in out  # 2 ranks x 1 micro-step each
+    assert "cpu x 2" in out and "(1 accumulation step)" in out  # 2 ranks x 1 micro-step each
     assert len(losses(one)) == 8
     np.testing.assert_allclose(losses(two), losses(one), rtol=0, atol=1e-5)
     np.testing.assert_allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)

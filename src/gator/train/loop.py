@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
     say(f"model {cfg.model}: {raw.num_params():,} parameters, d_model {mcfg.d_model}, {mcfg.n_layers} layers, "
         f"vocab {mcfg.vocab_size}; {_dtype_name(amp_dtype)} on {device} x {env.world}")
     say(f"data: {train_data.n_tokens:,} train / {val_data.n_tokens:,} val tokens; global batch {global_seqs} x "
-        f"{seq_len} = {global_seqs * seq_len:,} tokens ({accum} accumulation steps)"
+        f"{seq_len} = {global_seqs * seq_len:,} tokens ({accum} accumulation step{'s' if accum > 1 else ''})"
         + (f"; resuming at step {step0}" if saved else ""))
     bar = _progress_bar(cfg, env, step0, state["elapsed"])
 
