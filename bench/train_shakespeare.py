@@ -66,8 +66,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     mc = settings["model_config"]
     print(f"| byte-level GatorGPT d{mc['d_model']} x{mc['n_layers']}, T {settings['seq_len']}, batch "
-          f"{settings['batch_tokens']} ({s['dtype']}) | {s['parameters'] / 1e6:.2f}M | {args.seconds:g} s | {s['steps']} | {s['tokens']:,} | "
-          f"{s['tokens_per_s']:,.0f} | {s['val_loss']:.3f} | <= 1.70: {status} |")
+          f"{settings['batch_tokens']} ({s['dtype']}) | {s['parameters'] / 1e6:.2f}M | {args.seconds:g} s | "
+          f"{s['steps']} | {s['tokens']:,} | {s['tokens_per_s']:,.0f} | {s['val_loss']:.3f} | <= 1.70: {status} |")
     print(f"(wall time including startup and the final evaluation of {n_val:,} characters: {wall:.0f} s; load "
           f"average at end {os.getloadavg()[0]:.2f})")
 
