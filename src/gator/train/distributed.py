@@ -69,8 +69,13 @@ def setup(device: str = "auto") -> Env:
 
 
 def teardown(env: Env) -> None:
+    """Leave the process group together: a rank that tears down while another still talks to it can make
+    gloo abort the other process at exit."""
     if env.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, env: Env, parallel: str) -> nn.Module:
