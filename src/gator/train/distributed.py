@@ -68,14 +68,14 @@ def setup(device: str = "auto") -> Env:
     return Env(rank=rank, local_rank=local_rank, world=world, device=base)
 
 
-def teardown(env: Env) -> None:
-    """Leave the process group together: a rank that tears down while another still talks to it can make
-    gloo abort the other process at exit."""
+def teardown(env: Env, together: bool = True) -> None:
+    """Leave the process group; after a normal end, all ranks together (a rank that tears down while
+    another still talks to it can make gloo abort the other process at exit). After an error on one rank
+    the others may never arrive, so there is no barrier then."""
     if env.distributed and dist.is_initialized():
-        try:
+        if together:
             dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, env: Env, parallel: str) -> nn.Module:

@@ -77,9 +77,12 @@ def pretrain(config: TrainConfig | None = None, *, recipe: str | None = None,
         config = dataclasses.replace(config, **overrides)
     env = D.setup(config.device)
     try:
-        return _train(config, env, on_step)
-    finally:
-        D.teardown(env)
+        summary = _train(config, env, on_step)
+    except BaseException:
+        D.teardown(env, together=False)
+        raise
+    D.teardown(env)
+    return summary
 
 
 def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, Any]:
