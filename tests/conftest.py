@@ -16,3 +16,12 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"shared data not found at {DATA}; the repository must sit beside shared/")
     return DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is as fast, and does not collapse when other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,13 +7,7 @@ import torch
 from gator.config import ModelConfig, get_preset
 from gator.model import Transformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("overrides,field", [

@@ -9,13 +9,7 @@ from gator.config import get_preset
 from gator.interop.hf import export_hf, from_hf, import_hf, to_hf
 from gator.model import Transformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_hf(**kw):

@@ -13,14 +13,7 @@ from gator.model import KVCache, Transformer
 from gator.model.layers import apply_rope, make_rope
 from gator.model.mla import MultiHeadLatentAttention
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and does not collapse when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mla_config(**kw):

@@ -11,14 +11,7 @@ from gator.model import Transformer
 from gator.model import moe as moe_mod
 from gator.model.moe import MoE, sequence_balance_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and does not collapse when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def moe_config(**kw):

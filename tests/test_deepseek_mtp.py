@@ -9,14 +9,7 @@ from gator.config import get_preset
 from gator.generate import generate
 from gator.model import Transformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and does not collapse when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mtp_module_matches_transformers_mtp_model():

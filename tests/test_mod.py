@@ -12,13 +12,7 @@ from gator.generate import generate
 from gator.model import KVCache, Transformer
 from gator.model.depth import MixtureOfDepths
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mod_model(preset="tiny-gatorgpt", **kw):
