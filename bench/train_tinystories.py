@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/04-training.md: shared CPUs and OpenMP
+from gator.runtime import choose_omp_wait_policy  # noqa: E402
+
+choose_omp_wait_policy()  # before torch is imported: see gator/runtime.py
 
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -67,6 +67,22 @@ def test_resume_continues_exactly(shards, tmp_path):
     assert straight[-1][1] < straight[0][1] - 0.5  # and it learned something
 
 
+def test_muon_resumes_exactly_through_the_loop(shards, tmp_path):
+    """Muon's momentum buffers go into the checkpoint: 16 steps straight == 8, SIGINT, resume 8."""
+    kw = {**KW, "optimizer": "muon", "max_steps": 16, "eval_every": 100, "ckpt_every": 100}
+    pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "a"), **kw)
+
+    def interrupt(step, record):
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "b"), on_step=interrupt, **kw)
+    pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "b"), resume=True, **kw)
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
+    assert len(a) == 16 and a == b
+    assert a[-1][1] < a[0][1] - 0.5
+
+
 def test_accumulation_equals_a_bigger_micro_batch(shards, tmp_path):
     """4 sequences in 2 micro-batches of 2 take the same steps as 1 micro-batch of 4."""
     kw = {**KW, "max_steps": 8, "eval_every": 100}

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from gator.runtime import choose_omp_wait_policy
+
 # One line per subsystem; a new subsystem adds its module here.
 COMMAND_MODULES = [
     "gator.autograd.cli",  # gator autograd demo
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    choose_omp_wait_policy()  # before the subcommand modules import torch: see gator/runtime.py
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -15,11 +15,9 @@ tokenizer/, data/, checkpoint/, best/, metrics.jsonl, loss.png, samples.txt, sum
 
 from __future__ import annotations
 
-import os
+from gator.runtime import choose_omp_wait_policy  # noqa: E402
 
-# Before torch is imported: let idle OpenMP threads sleep instead of spinning, which keeps training fast
-# when other programs share the cores (measured in docs/04-training.md, "Shared CPUs and OpenMP threads").
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+choose_omp_wait_policy()  # before torch is imported: spin on a quiet machine, sleep on a busy one
 
 import argparse  # noqa: E402
 import json  # noqa: E402

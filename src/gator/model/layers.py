@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gator.config import ModelConfig
+from gator.model.matmul import Linear
 
 
 class RMSNorm(nn.Module):
@@ -43,8 +44,8 @@ class GeluMLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
-        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
+        self.up = Linear(config.d_model, config.ffn_dim, bias=config.bias)
+        self.down = Linear(config.ffn_dim, config.d_model, bias=config.bias)
         self.down.is_residual_projection = True  # scaled at init, see Transformer._init_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,8 +58,8 @@ class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig, ffn_dim: int | None = None):
         super().__init__()
         self.ffn_dim = ffn_dim or config.ffn_dim
-        self.gate_up = nn.Linear(config.d_model, 2 * self.ffn_dim, bias=config.bias)
-        self.down = nn.Linear(self.ffn_dim, config.d_model, bias=config.bias)
+        self.gate_up = Linear(config.d_model, 2 * self.ffn_dim, bias=config.bias)
+        self.down = Linear(self.ffn_dim, config.d_model, bias=config.bias)
         self.down.is_residual_projection = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

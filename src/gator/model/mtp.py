@@ -28,6 +28,7 @@ from torch import nn
 from gator.config import ModelConfig
 from gator.model.cache import KVCache
 from gator.model.layers import make_norm
+from gator.model.matmul import Linear
 
 
 class MTPModule(nn.Module):
@@ -36,7 +37,7 @@ class MTPModule(nn.Module):
         d = config.d_model
         self.enorm = make_norm(config)  # for the embedding of the token k ahead
         self.hnorm = make_norm(config)  # for the previous depth's hidden state
-        self.proj = nn.Linear(2 * d, d, bias=False)  # eh_proj
+        self.proj = Linear(2 * d, d, bias=False)  # eh_proj
         self.block = block  # a Block of the main model's kind (MoE when the model has MoE layers)
         self.block.attn.layer_idx = 0  # it caches in a one-layer cache of its own (speculative decoding)
         self.norm = make_norm(config)  # shared_head.norm, before the shared output head

@@ -37,6 +37,7 @@ from gator.model.attention import CausalSelfAttention, causal_mask
 from gator.model.cache import KVCache
 from gator.model.depth import MixtureOfDepths
 from gator.model.layers import make_mlp, make_norm, make_rope
+from gator.model.matmul import Linear
 from gator.model.mla import MultiHeadLatentAttention
 from gator.model.moe import MoE
 from gator.model.mtp import MTPModule, mtp_loss
@@ -87,7 +88,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(make_block(config, i) for i in range(config.n_layers))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.mtp = (nn.ModuleList(MTPModule(config, Block(config, config.n_layers + k))

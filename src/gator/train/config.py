@@ -43,6 +43,8 @@ class TrainConfig:
     max_steps: int | None = None
     max_time: str | float | None = None  # "60s", "3m", "1.5h" or seconds
     # --- optimizer and schedule ---
+    optimizer: str = "adamw"  # "adamw" | "muon" (Muon for the blocks' matrices, AdamW for the rest)
+    muon_momentum: float = 0.95
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -81,6 +83,11 @@ class TrainConfig:
             need(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         need(self.seq_len is None or self.seq_len > 0, "seq_len", f"must be positive, got {self.seq_len}")
         need(self.max_steps is None or self.max_steps > 0, "max_steps", f"must be positive, got {self.max_steps}")
+        need(self.optimizer in ("adamw", "muon"), "optimizer", f"expected adamw or muon, got {self.optimizer!r}")
+        need(not (self.optimizer == "muon" and self.parallel == "fsdp"), "optimizer",
+             "muon orthogonalizes whole matrices, which FSDP shards across processes; use parallel=ddp "
+             "or optimizer=adamw")
+        need(0 <= self.muon_momentum < 1, "muon_momentum", f"expected a value in [0, 1), got {self.muon_momentum}")
         need(self.schedule in ("cosine", "wsd", "constant"), "schedule",
              f"expected cosine, wsd or constant, got {self.schedule!r}")
         need(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",

@@ -141,7 +141,8 @@ def _train(cfg: TrainConfig, env: D.Env, on_step: Callable | None) -> dict[str, 
     model = D.wrap(raw, env, cfg.parallel)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = make_optimizer(raw, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, device)
+    optimizer = make_optimizer(raw, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, device,
+                               kind=cfg.optimizer, momentum=cfg.muon_momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if saved is not None:
         D.load_optimizer_state(raw, optimizer, saved["optimizer"], env, cfg.parallel)
