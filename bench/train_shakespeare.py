@@ -60,7 +60,8 @@ def main() -> None:
                 "model_config": {**SETTINGS["model_config"], **overrides.get("model_config", {})}}
     n_val = len(data) - n_train
     print(f"tinyshakespeare: {len(data):,} bytes, train {n_train:,} / val {n_val:,}; load average "
-          f"{os.getloadavg()[0]:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{os.getloadavg()[0]:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     t0 = time.perf_counter()
     s = pretrain(data=str(out / "data"), out_dir=str(out / "run"), max_time=args.seconds,
                  eval_tokens=n_val, **settings)
