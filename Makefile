@@ -30,6 +30,9 @@ bench: $(STAMP)
 	$(PY) bench/generate.py
 	$(PY) bench/moe.py
 	$(PY) bench/mla.py
+	$(PY) bench/tokenizer.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/train_shakespeare.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

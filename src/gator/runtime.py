@@ -6,8 +6,8 @@ What an idle thread does at that barrier is `OMP_WAIT_POLICY`, read once when th
 
 - ACTIVE: spin. On a quiet machine this is the fast choice for small models, whose steps are thousands
   of short operations: the byte-level tinyshakespeare model of bench/train_shakespeare.py trained at
-  about 31k tokens/s with ACTIVE, 21k with the runtime's default and about 16k with PASSIVE (2-core dev
-  machine, one 60 s run each).
+  about 31k tokens/s with ACTIVE and 21k with the runtime's default (2-core dev machine, one 60 s run
+  each, same settings).
 - PASSIVE: sleep. When other programs keep the cores busy, a spinning thread burns the time slice its
   descheduled partner needs: `torch.rms_norm` on a 16 x 256 x 256 tensor took ~45 ms with spinning
   threads under load against ~2.5 ms with PASSIVE.
