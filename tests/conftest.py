@@ -2,8 +2,12 @@
 
 from pathlib import Path
 
-import pytest
-import torch
+from gator.runtime import choose_omp_wait_policy
+
+choose_omp_wait_policy()  # before torch is imported: spin on a quiet machine, sleep on a busy one
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
