@@ -116,7 +116,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if name is None:
         name = _choice[key] = _pick(x2, weight, bias, packed)
         if name != "onednn" and owner is not None:
-            owner.__dict__.pop("_gator_packed", {}).pop(rows, None)
+            owner.__dict__.get("_gator_packed", {}).pop(rows, None)  # not used: drop the copy
     y = CANDIDATES[name](x2, weight, bias, packed)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
