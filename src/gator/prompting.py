@@ -19,13 +19,14 @@ number, with "$" and thousands separators removed.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from gator.jsonl import jsonl_objects
 
 COT_CUE = "Let's think step by step."
 
@@ -101,20 +102,12 @@ def load_examples(path: str | Path, question_key: str = "question", answer_key: 
     """Read a JSONL file of {"question", "answer"} (the GSM8K layout). GSM8K's calculator annotations
     like <<16-3-4=9>> are removed unless strip_calculator=False."""
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(question_key), str) \
-                    or not isinstance(row.get(answer_key), str):
-                raise ValueError(f"{path}, line {lineno}: expected an object with string fields "
-                                 f"{question_key!r} and {answer_key!r}")
-            answer = _CALCULATOR.sub("", row[answer_key]) if strip_calculator else row[answer_key]
-            examples.append(Example(row[question_key], answer))
+    for lineno, row in jsonl_objects(path):
+        if not isinstance(row.get(question_key), str) or not isinstance(row.get(answer_key), str):
+            raise ValueError(f"{path}, line {lineno}: expected an object with string fields "
+                             f"{question_key!r} and {answer_key!r}")
+        answer = _CALCULATOR.sub("", row[answer_key]) if strip_calculator else row[answer_key]
+        examples.append(Example(row[question_key], answer))
     return examples
 
 

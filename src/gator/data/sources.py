@@ -17,11 +17,12 @@ pretraining corpus tells the model "a new, unrelated text starts here".
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from gator.jsonl import jsonl_objects
 
 END_OF_TEXT = "<|endoftext|>"
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
@@ -68,22 +69,14 @@ def _documents(source, field: str, split: str, doc_chars: int | None) -> Iterato
 
 def read_jsonl(path: Path, field: str = "text") -> Iterator[str]:
     """The `field` of each JSON object in a JSONL file (blank lines are skipped)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{lineno} has no field {field!r} (it has {keys}); "
-                                 "choose the text field with --field NAME")
-            text = record[field]
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{lineno}: field {field!r} is a {type(text).__name__}, not text")
-            yield text
+    for lineno, record in jsonl_objects(path):
+        if field not in record:
+            raise ValueError(f"{path}:{lineno} has no field {field!r} (it has {sorted(record)}); "
+                             "choose the text field with --field NAME")
+        text = record[field]
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: field {field!r} is a {type(text).__name__}, not text")
+        yield text
 
 
 def read_text(path: Path, doc_chars: int | None = DOC_CHARS) -> Iterator[str]:

@@ -61,19 +61,9 @@ def read_text(path: Path) -> str:
     """A text file as it is, or the 'text' fields of a JSONL file joined by blank lines."""
     if path.suffix != ".jsonl":
         return path.read_text(encoding="utf-8")
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{path}, line {lineno}: expected an object with a string 'text' field")
-            texts.append(row["text"])
-    return "\n\n".join(texts)
+    from gator.data.sources import read_jsonl
+
+    return "\n\n".join(read_jsonl(path, "text"))
 
 
 def run_ppl(args: argparse.Namespace) -> int:

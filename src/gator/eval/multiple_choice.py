@@ -17,7 +17,6 @@ layout: label is the index of the right choice). The model is anything with `log
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gator.eval.perplexity import TokenizerLike, context_length_of
+from gator.jsonl import jsonl_objects
 
 
 @dataclass(frozen=True)
@@ -37,30 +37,21 @@ class MCItem:
 def load_mc_jsonl(path: str | Path) -> list[MCItem]:
     """Read and check a multiple-choice JSONL file; a malformed line raises ValueError naming its number."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in ("context", "choices", "label") if k not in row]
-            if missing:
-                raise ValueError(f"{where}: missing {', '.join(repr(k) for k in missing)} "
-                                 '(each line needs {"context", "choices", "label"})')
-            context, choices, label = row["context"], row["choices"], row["label"]
-            if not isinstance(context, str):
-                raise ValueError(f"{where}: 'context' must be a string")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-                raise ValueError(f"{where}: 'label' must be an integer index into the {len(choices)} choices, "
-                                 f"got {label!r}")
-            items.append(MCItem(context, choices, label))
+    for lineno, row in jsonl_objects(path):
+        where = f"{path}, line {lineno}"
+        missing = [k for k in ("context", "choices", "label") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(repr(k) for k in missing)} "
+                             '(each line needs {"context", "choices", "label"})')
+        context, choices, label = row["context"], row["choices"], row["label"]
+        if not isinstance(context, str):
+            raise ValueError(f"{where}: 'context' must be a string")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+            raise ValueError(f"{where}: 'label' must be an integer index into the {len(choices)} choices, "
+                             f"got {label!r}")
+        items.append(MCItem(context, choices, label))
     if not items:
         raise ValueError(f"{path}: no items")
     return items
