@@ -10,7 +10,7 @@ What an idle thread does at that barrier is `OMP_WAIT_POLICY`, read once when th
   each, same settings).
 - PASSIVE: sleep. When other programs keep the cores busy, a spinning thread burns the time slice its
   descheduled partner needs: `torch.rms_norm` on a 16 x 256 x 256 tensor took ~45 ms with spinning
-  threads under load against ~2.5 ms with PASSIVE.
+  threads under load against ~2.5 ms with PASSIVE (measured in an earlier session).
 
 `choose_omp_wait_policy()` leaves a value the user set alone; otherwise it picks ACTIVE when the machine
 is quiet and PASSIVE when other programs use at least half of the cores. "Busy" is measured over a
