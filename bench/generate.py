@@ -1,25 +1,35 @@
 """Decode speed: Gator's cached generation vs transformers' `generate`, on the same weights, in one run.
 
 A GatorGPT-shaped model (random init) is exported to transformers' LlamaForCausalLM, so both sides run
-identical weights, in fp32 and in bf16. Each side generates greedily from the same prompts; the table reports
-decode tokens/s (new tokens / wall time, prefill included) and the ratios gator / transformers. fp32 outputs
-are checked to be token-identical, so the comparison is like for like.
+identical weights in the same dtype. Each side generates greedily from the same prompts; the table reports
+decode tokens/s (new tokens / wall time, prefill included) and the ratio gator / transformers, and whether the
+greedy tokens are identical (checked in fp32; bf16 rounding can flip a near-tie).
 
-    .venv/bin/python bench/generate.py [--new-tokens 128] [--prompt-len 32] [--batches 1 8] [--threads N]
+Dtypes: fp32 always; bf16 too where gator.runtime's policy says this CPU runs bf16 natively. Where it does not
+(e.g. AVX2-only CPUs), bf16 would be emulated by both libraries and crawl, so those rows are skipped and the
+output says so. `GATOR_FAST_BF16=0` (or 1) forces the other policy: the output then says it was forced.
+
+    .venv/bin/python bench/generate.py [--new-tokens 128] [--prompt-len 32] [--batches 1 8] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
-import time
+import os
 
-import torch
+from gator.runtime import choose_omp_wait_policy  # noqa: E402
 
-from gator.config import get_preset
-from gator.generate import generate
-from gator.interop.hf import to_hf
-from gator.model import Transformer
+choose_omp_wait_policy()  # before torch is imported: see gator/runtime.py
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from gator.config import get_preset  # noqa: E402
+from gator.generate import generate  # noqa: E402
+from gator.interop.hf import to_hf  # noqa: E402
+from gator.model import Transformer  # noqa: E402
+from gator.runtime import cpu_has_fast_bf16, describe_cpu, describe_dtype_policy  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:
@@ -38,26 +48,33 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--quick", action="store_true", help="64 new tokens, best of 2 (about half the time)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.quick:
+        args.new_tokens, args.repeats = min(args.new_tokens, 64), min(args.repeats, 2)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model32 = Transformer(get_preset(args.preset)).eval()
-    hf32 = to_hf(model32).eval()
-    model16 = Transformer(model32.config).eval().to(torch.bfloat16)
-    model16.load_state_dict(model32.state_dict())
-    hf16 = to_hf(model32).to(torch.bfloat16).eval()
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_fast_bf16() else [])
+    models = {}
+    for dtype in dtypes:
+        gator = Transformer(model32.config).eval().to(dtype)
+        gator.load_state_dict(model32.state_dict())
+        models[dtype] = (gator, to_hf(model32).to(dtype).eval())
     V = model32.config.vocab_size
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"model: {args.preset} ({model32.num_params() / 1e6:.1f}M params)")
-    print(f"greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, decode tokens/s, "
-          f"best of {args.repeats}\n")
-    print(f"{'batch':>5} | {'gator fp32':>10} | {'hf fp32':>8} | {'ratio':>6} | {'gator bf16':>10} | {'hf bf16':>8} | "
-          f"{'ratio':>6} | {'gator bf16 / hf fp32':>20} | same tokens")
-    print("-" * 110)
+    print(f"machine: {describe_cpu()}")
+    print(f"dtype policy: {describe_dtype_policy()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    if torch.bfloat16 not in dtypes:
+        print("bf16 rows skipped: the policy says bf16 is not native here, so both libraries would emulate it "
+              "(slower than fp32)")
+    print(f"model: {args.preset} ({model32.num_params() / 1e6:.1f}M params); greedy, prompt {args.prompt_len} tokens, "
+          f"{args.new_tokens} new tokens, decode tokens/s, best of {args.repeats}\n")
+    print("| batch | dtype | gator tokens/s | transformers tokens/s | ratio | gator / transformers fp32 | same tokens |")
+    print("|---|---|---|---|---|---|---|")
     for B in args.batches:
         prompts = torch.randint(0, V, (B, args.prompt_len))
 
@@ -70,17 +87,18 @@ def main() -> None:
                                   min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
             return out[:, args.prompt_len:].tolist()
 
-        same32 = run_gator(model32) == run_hf(hf32)
-        same16 = run_gator(model16) == run_hf(hf16)
         n = B * args.new_tokens
-        g32 = n / best_of(lambda: run_gator(model32), args.repeats)
-        h32 = n / best_of(lambda: run_hf(hf32), args.repeats)
-        g16 = n / best_of(lambda: run_gator(model16), args.repeats)
-        h16 = n / best_of(lambda: run_hf(hf16), args.repeats)
-        print(f"{B:>5} | {g32:>10.1f} | {h32:>8.1f} | {g32 / h32:>5.2f}x | {g16:>10.1f} | {h16:>8.1f} | "
-              f"{g16 / h16:>5.2f}x | {g16 / h32:>19.2f}x | fp32 {same32}, bf16 {same16}")
-    print("\nratio = gator tokens/s / transformers tokens/s on identical weights. 'same tokens': the greedy outputs "
-          "are identical\n(bf16 rounding can flip a near-tie, so bf16 outputs may legitimately differ).")
+        hf_fp32 = None
+        for dtype, (gator, hf) in models.items():
+            same = run_gator(gator) == run_hf(hf)
+            g = n / best_of(lambda: run_gator(gator), args.repeats)  # noqa: B023 (called in this iteration)
+            h = n / best_of(lambda: run_hf(hf), args.repeats)  # noqa: B023
+            hf_fp32 = h if dtype == torch.float32 else hf_fp32
+            name = str(dtype).replace("torch.", "")
+            print(f"| {B} | {name} | {g:,.1f} | {h:,.1f} | {g / h:.2f}x | {g / hf_fp32:.2f}x | {same} |", flush=True)
+    print("\nratio = gator tokens/s / transformers tokens/s on identical weights, same dtype. 'same tokens': the "
+          "greedy outputs are identical (bf16 rounding can flip a near-tie, so bf16 outputs may legitimately differ).")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -29,3 +29,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _gpt2_tiktoken(special_tokens: dict[str, int]):
+    """An independent reference for the tokenizer: tiktoken built straight from GPT-2's vocab.json (as
+    ../shared/data/README.md describes), with GPT-2's byte -> printable-character table written out here."""
+    import json
+
+    import tiktoken
+
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    shifted = [b for b in range(256) if b not in keep]
+    char = {b: chr(b) for b in keep} | {b: chr(256 + n) for n, b in enumerate(shifted)}
+    byte = {c: b for b, c in char.items()}
+    encoder = json.loads((DATA / "gpt2" / "vocab.json").read_text(encoding="utf-8"))
+    ranks = {bytes(byte[c] for c in token): i for token, i in encoder.items() if token != "<|endoftext|>"}
+    from gator.tokenizer import GPT2_PATTERN
+
+    return tiktoken.Encoding(name="gpt2-reference", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=special_tokens)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiktoken():
+    """gpt2_tiktoken({"<|endoftext|>": 50256, ...}) -> a tiktoken.Encoding for GPT-2 with those special tokens."""
+    return _gpt2_tiktoken

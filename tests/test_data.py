@@ -73,7 +73,7 @@ def test_prepare_matches_direct_encoding_and_splits_by_document(corpus, tmp_path
     path, docs, tok, d = corpus
     m = prepare(path, d / "tok", tmp_path / "a", val_fraction=0.2, seed=3, workers=2, shard_tokens=5000,
                 batch_chars=2000, progress=False)
-    eot = tok.encode(END_OF_TEXT)[0]
+    eot = tok.special_ids[END_OF_TEXT]
     assert m["dtype"] == "uint16" and m["tokenizer"]["vocab_size"] == 400 and m["tokenizer"]["eot_id"] == eot
     train, val = TokenData(tmp_path / "a", "train"), TokenData(tmp_path / "a", "val")
     assert len(m["splits"]["train"]["files"]) > 1  # several shard files, read back as one sequence

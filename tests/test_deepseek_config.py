@@ -31,6 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (dict(mod_capacity=1.01), "mod_capacity"),
     (dict(rope_scaling={"type": "yarn", "factor": 4}), "rope_scaling"),  # no original_context_length
     (dict(rope_scaling={"type": "ntk", "factor": 4, "original_context_length": 64}), "rope_scaling"),
+    (dict(rope_scaling={"type": "yarn", "factor": 4, "original_context_length": 64, "truncate": "no"}), "rope_scaling"),
+    (dict(rope_scaling={"type": "yarn", "factor": 4, "original_context_length": 64, "attention_factor": 0}),
+     "rope_scaling"),
+    (dict(mla_norm_eps=0.0), "mla_norm_eps"),
 ])
 def test_inconsistent_dims_fail_at_config_time_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}:"):

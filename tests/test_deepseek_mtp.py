@@ -77,6 +77,35 @@ def test_mtp_loss_is_the_mean_depth_cross_entropy_times_lambda():
     assert model.tok_emb.weight.grad[ids[:, 2:].flatten()].abs().sum() > 0
 
 
+def test_mtp_loss_leaves_out_a_depth_with_no_targets():
+    """A depth whose targets are all -100 has no mean cross-entropy: it is left out of the mean over depths
+    (not a NaN, not a 0 that shrinks the loss); with no target at any depth the MTP loss is 0."""
+    torch.manual_seed(4)
+    model = Transformer(get_preset("deepseek-tiny", mtp_depth=2, mtp_loss_weight=0.25, moe_balance_loss=0.0))
+    ids = torch.randint(0, 512, (2, 13))
+    targets = ids.roll(-1, dims=1)
+    targets[:, 2:] = -100  # depth 2 reads targets[:, 2:]: nothing to score; depth 1 scores column 1 only
+    _, loss = model(ids, targets)
+    with torch.no_grad():
+        h0 = model.norm(_trunk(model, ids))
+        lm = F.cross_entropy(model.lm_head(h0)[:, :2].flatten(0, 1), targets[:, :2].flatten())
+        h1 = model.mtp[0](h0[:, :12], model.tok_emb(ids[:, 1:]), model.rope_at(torch.arange(1, 13)))
+        depth1 = F.cross_entropy(model.lm_head(h1)[:, 0], targets[:, 1])  # entry 0 of depth 1 -> target 1
+    assert torch.isfinite(loss)
+    assert float(model.last_losses["mtp"]) == pytest.approx(float(depth1), rel=1e-5)
+    assert loss.item() == pytest.approx((lm + 0.25 * depth1).item(), rel=1e-5)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert all(p.grad.abs().sum() == 0 for p in model.mtp[1].parameters())  # the empty depth teaches nothing
+
+    model.zero_grad()
+    targets[:, 1:] = -100  # no MTP depth has a target; the main loss still has column 0
+    _, loss = model(ids, targets)
+    assert float(model.last_losses["mtp"]) == 0.0
+    assert loss.item() == pytest.approx(float(model.last_losses["lm"]), rel=1e-6)
+
+
 def _trunk(model, ids):
     x = model.tok_emb(ids)
     rope = model.rope_at(torch.arange(ids.shape[1]))

@@ -37,8 +37,10 @@ class TinyLM(torch.nn.Module):
 
 
 class ByteTokenizer:
-    def encode(self, text: str) -> list[int]:
+    def encode_ordinary(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    encode = encode_ordinary  # a byte tokenizer has no control tokens
 
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")

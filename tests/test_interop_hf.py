@@ -127,3 +127,20 @@ def test_gator_info_cli(capsys):
     assert "32,587,008" in out and "KV cache per token, bf16" in out and "7,680 bytes" in out
     assert gator_main(["info", "no-such-preset"]) == 1
     assert "presets:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_export_gpt2_family_without_biases(tmp_path, tie):
+    """bias=False exports zero biases, each in its own storage (safetensors refuses shared memory), and
+    transformers' GPT2LMHeadModel computes the same logits."""
+    from gator.config import ModelConfig
+
+    torch.manual_seed(5)
+    model = Transformer(ModelConfig(vocab_size=V, context_length=64, d_model=32, n_layers=2, n_heads=4,
+                                    bias=False, tie_embeddings=tie, init_std=0.1)).eval()
+    export_hf(model, tmp_path / "hf")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert all(torch.equal(b, torch.zeros_like(b)) for n, b in hf.named_parameters() if n.endswith(".bias"))
+    ids = torch.randint(0, V, (2, 40))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)[0]).abs().max() < 1e-4

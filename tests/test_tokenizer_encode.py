@@ -1,6 +1,7 @@
 """Encoding and decoding: the tiktoken fast path gives the ids of the pure-Python path, special tokens match
 longest first, encode_iterable is lazy and equals encode, decode replaces bad UTF-8, unknown ids fail."""
 
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from unittest.mock import patch
@@ -45,8 +46,8 @@ def text_strategy(pattern: str):
 def test_fast_path_gives_the_ids_of_the_python_path(trained, data):
     text = data.draw(text_strategy(trained.pattern))
     assert trained.fast_encoder() is not None and trained._fast_agrees(text)  # the fast path is taken
-    assert trained.encode(text) == trained.encode_python(text)
-    assert trained.decode(trained.encode(text)) == text
+    assert trained.encode(text, allowed_special="all") == trained.encode_python(text, allowed_special="all")
+    assert trained.decode(trained.encode(text, allowed_special="all")) == text
 
 
 def test_fast_path_on_the_corpora(trained):
@@ -68,7 +69,8 @@ def test_characters_the_engines_disagree_on_take_the_python_path(trained):
 
 def test_special_tokens_match_longest_first(trained):
     eot, double, pad = (trained.special_ids[s] for s in SPECIALS)
-    for encode in (trained.encode, trained.encode_python):
+    for encode in (partial(trained.encode, allowed_special="all"),
+                   partial(trained.encode_python, allowed_special="all")):
         assert encode("<|endoftext|><|endoftext|>") == [double]
         assert encode("<|endoftext|><|endoftext|><|endoftext|>") == [double, eot]
         assert encode("a<pad><|endoftext|>b")[1:3] == [pad, eot]
@@ -87,10 +89,10 @@ def test_encode_iterable_is_lazy_and_equals_encode(trained):
             consumed.append(len(line))
             yield line
 
-    stream = trained.encode_iterable(reading())
+    stream = trained.encode_iterable(reading(), allowed_special="all")
     first = list(islice(stream, 10))
     assert sum(consumed) < 80_000 < len(text)  # it started yielding after reading a bounded part
-    assert first + list(stream) == trained.encode(text)
+    assert first + list(stream) == trained.encode(text, allowed_special="all")
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,12 +102,19 @@ def test_encode_iterable_equals_encode_on_any_split(trained, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
     parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     with patch.object(bpe, "_STREAM_CHARS", 16):  # encode as soon as 16 characters are buffered
-        assert list(trained.encode_iterable(iter(parts))) == trained.encode(text)
+        assert list(trained.encode_iterable(iter(parts), allowed_special="all")) == trained.encode(
+            text, allowed_special="all")
+        assert list(trained.encode_iterable(iter(parts), disallowed_special=())) == trained.encode_ordinary(text)
+        some = {"<pad>"}
+        assert list(trained.encode_iterable(iter(parts), allowed_special=some, disallowed_special=())) == \
+            trained.encode(text, allowed_special=some, disallowed_special=())
 
 
 def test_encode_batch_equals_encode(trained):
     texts = ["Hello world<pad>", "", "中文 😀", "It's 2024!<|endoftext|>" * 3]
-    assert trained.encode_batch(texts) == [trained.encode(t) for t in texts]
+    assert trained.encode_batch(texts, allowed_special="all") == [trained.encode(t, allowed_special="all")
+                                                                   for t in texts]
+    assert trained.encode_batch(texts, disallowed_special=()) == [trained.encode_ordinary(t) for t in texts]
 
 
 def test_decode_replaces_bad_utf8_and_rejects_unknown_ids(trained):
@@ -134,7 +143,8 @@ def test_tokenizer_checks_its_inputs():
         Tokenizer(vocab, [], special_tokens=["<s>", "<s>"])
     tok = Tokenizer({**vocab, 256: b"ab"}, [(b"a", b"b")], ["<s>"])
     assert tok.special_ids == {"<s>": 257}
-    assert tok.encode("xab<s>") == tok.encode_python("xab<s>") == [ord("x"), 256, 257]
+    assert tok.encode("xab<s>", allowed_special="all") == tok.encode_python("xab<s>", allowed_special="all") == \
+        [ord("x"), 256, 257]
 
 
 def test_a_vocabulary_tiktoken_cannot_rank_uses_the_python_path():

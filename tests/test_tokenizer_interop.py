@@ -12,34 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gator.tokenizer import GPT2_PATTERN, Tokenizer, train_bpe
-from gator.tokenizer.formats import engine_gap, load_hf, open_tokenizer
+from gator.tokenizer.formats import engine_gap
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2 = DATA / "gpt2"
 CORPORA = sorted((DATA / "text").glob("*.txt"))
 
 
-def byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character -> byte table, written out here independently of gator."""
-    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    chars, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + n)
-            n += 1
-    return {c: b for b, c in chars.items()}
-
-
 @pytest.fixture(scope="module")
-def reference() -> tiktoken.Encoding:
-    """tiktoken built straight from GPT-2's vocab.json, as ../shared/data/README.md describes."""
-    decoder = byte_decoder()
-    encoder = json.loads((GPT2 / "vocab.json").read_text(encoding="utf-8"))
-    ranks = {bytes(decoder[c] for c in token): i for token, i in encoder.items() if token != "<|endoftext|>"}
-    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256})
+def reference(gpt2_tiktoken) -> tiktoken.Encoding:
+    """tiktoken built straight from GPT-2's vocab.json (see conftest.py), as ../shared/data/README.md describes."""
+    return gpt2_tiktoken({"<|endoftext|>": 50256})
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +40,8 @@ def test_gpt2_files_load_exactly(gpt2):
 def test_gpt2_matches_tiktoken_on_the_corpora(gpt2, reference, path):
     text = path.read_text(encoding="utf-8")
     expected = reference.encode(text, allowed_special="all")
-    assert gpt2.encode(text) == expected
-    assert gpt2.encode_python(text) == expected
+    assert gpt2.encode(text, allowed_special="all") == expected
+    assert gpt2.encode_python(text, allowed_special="all") == expected
     assert gpt2.decode(expected) == text
 
 
@@ -79,16 +62,16 @@ texts = st.lists(fragments, max_size=30).map("".join)
 @given(text=texts)
 def test_gpt2_matches_tiktoken_on_generated_strings(gpt2, reference, text):
     expected = reference.encode(text, allowed_special="all")
-    assert gpt2.encode(text) == expected
-    assert gpt2.encode_python(text) == expected
+    assert gpt2.encode(text, allowed_special="all") == expected
+    assert gpt2.encode_python(text, allowed_special="all") == expected
     assert gpt2.decode(expected) == text
 
 
 @settings(max_examples=100, deadline=None)
 @given(text=st.text(st.characters(exclude_categories=("Cs",)), max_size=40) | texts)
 def test_decode_inverts_encode(gpt2, text):
-    assert gpt2.decode(gpt2.encode(text)) == text
-    assert gpt2.decode_bytes(gpt2.encode(text)) == text.encode("utf-8")
+    assert gpt2.decode(gpt2.encode(text, allowed_special="all")) == text
+    assert gpt2.decode_bytes(gpt2.encode_ordinary(text)) == text.encode("utf-8")
 
 
 def test_to_tiktoken_is_the_same_encoding(gpt2, reference):
@@ -106,10 +89,10 @@ def test_load_hf_reads_a_tokenizer_json_written_by_tokenizers(gpt2, tmp_path):
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens(["<|endoftext|>"])
     hf.save(str(tmp_path / "tokenizer.json"))
-    loaded = load_hf(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
     assert loaded.vocab == gpt2.vocab and loaded.merges == gpt2.merges and loaded.special_ids == gpt2.special_ids
     text = (DATA / "text" / "the_verdict.txt").read_text(encoding="utf-8") + "<|endoftext|>"
-    assert loaded.encode(text) == hf.encode(text).ids
+    assert loaded.encode(text, allowed_special="all") == hf.encode(text).ids
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gpt4", "o200k"])
@@ -134,14 +117,14 @@ def test_save_hf_loads_in_tokenizers_and_transformers(trained, tmp_path):
     auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     text = (DATA / "text" / "the_verdict.txt").read_text(encoding="utf-8")
     text = text[:8000] + "<|endoftext|><|endoftext|><|endoftext|>中文 😀 <pad>  \n\n 12345 it's"
-    ids = trained.encode(text)
+    ids = trained.encode(text, allowed_special="all")
     assert hf.encode(text, add_special_tokens=False).ids == ids
     assert fast.encode(text, add_special_tokens=False) == ids
     assert auto.encode(text, add_special_tokens=False) == ids
     assert hf.decode(ids, skip_special_tokens=False) == text
     assert fast.decode(ids) == text
     assert hf.get_vocab_size() == len(trained)
-    assert load_hf(tmp_path).merges == trained.merges
+    assert Tokenizer.load(tmp_path).merges == trained.merges
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "o200k"])
@@ -157,7 +140,7 @@ def test_save_hf_on_generated_strings(pattern, tmp_path_factory):
     @settings(max_examples=80, deadline=None)
     @given(text=hf_texts(tok.pattern))
     def check(text):
-        ids = tok.encode(text)
+        ids = tok.encode(text, allowed_special="all")
         assert hf.encode(text, add_special_tokens=False).ids == ids
         assert fast.encode(text, add_special_tokens=False) == ids
 
@@ -172,8 +155,8 @@ def test_own_format_round_trips_exactly(trained, tmp_path):
     assert loaded.special_tokens == trained.special_tokens and loaded.special_ids == trained.special_ids
     assert loaded.pattern == trained.pattern
     text = "Alice was beginning<|endoftext|> 中文 😀 <pad>"
-    assert loaded.encode(text) == trained.encode(text)
-    assert open_tokenizer(tmp_path).merges == trained.merges
+    assert loaded.encode(text, allowed_special="all") == trained.encode(text, allowed_special="all")
+    assert Tokenizer.load(tmp_path / "tokenizer.gator.json").merges == trained.merges
     loaded.save(tmp_path / "again")
     saved_twice = (tmp_path / "again" / "tokenizer.gator.json").read_bytes()
     assert saved_twice == (tmp_path / "tokenizer.gator.json").read_bytes()

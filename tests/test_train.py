@@ -9,17 +9,17 @@ import signal
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
 from gator.cli import main as gator_main
-from gator.data import END_OF_TEXT, TokenData, prepare
+from gator.data import END_OF_TEXT, TokenData, WindowOrder, prepare
 from gator.data.synthetic import write_corpus
 from gator.generate import generate
 from gator.model import Transformer
 from gator.tokenizer import Tokenizer, train_bpe
 from gator.train import TrainingError, make_config, parse_overrides, pretrain
-from gator.train import checkpoint as ckpt_mod
 from gator.train.checkpoint import load_training_state
 from gator.train.config import parse_duration
 from gator.train.optim import lr_at, param_groups
@@ -129,6 +129,63 @@ def test_time_budget_and_optimizer_hook(shards, tmp_path, monkeypatch):
     assert len(calls) == s["steps"] > 0  # e.g. the MoE bias update runs once per optimizer step
 
 
+# --- one loop for any objective: starting from a model, training some parameters, logging metrics -----
+
+def test_init_from_starts_at_the_models_weights(shards, tmp_path):
+    """Step 1's loss of a run started from a checkpoint is that checkpoint's loss on the first global batch,
+    recomputed here from the shards and the documented sample order."""
+    pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "base"), max_steps=12, **KW)
+    pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "ft"), max_steps=1,
+             init_from=str(tmp_path / "base" / "checkpoint"), **KW)
+    got = records(tmp_path / "ft")
+    model = Transformer.from_pretrained(tmp_path / "base" / "checkpoint")
+    train = TokenData(shards / "data", "train")
+    order = WindowOrder(train.num_windows(32), seed=0)
+    losses = []
+    for first in (0, 4):  # 256 tokens per step = 2 micro-batches of 4 windows of 32
+        x, y = train.windows(order.indices(first, 4), 32)
+        logits, _ = model(x)
+        losses.append(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)))
+    assert got[0] == (1, pytest.approx(torch.stack(losses).mean().item(), abs=1e-5))
+    assert got[0][1] < records(tmp_path / "base")[0][1] - 0.5  # not a fresh model's loss
+    with pytest.raises(TrainingError, match="model_config.n_layers=3, but the model in .* has n_layers=2"):
+        pretrain(data=str(shards / "data"), out_dir=str(tmp_path / "x"), max_steps=1,
+                 init_from=str(tmp_path / "base"), **{**KW, "model_config": {"n_layers": 3}})
+
+
+def test_an_objective_trains_only_what_it_leaves_trainable_and_logs_its_metrics(shards, tmp_path):
+    """A LoRA-like objective: prepare_model freezes all but the norms. The optimizer holds only those, the
+    frozen weights are bit-identical after training, and the objective's extra metric is logged."""
+    from gator.train import LanguageModeling, LossOutput, make_config, train
+
+    class NormsOnly(LanguageModeling):
+        name = "norms-only"
+
+        def prepare_model(self, model, env):
+            self.initial = {k: v.clone() for k, v in model.state_dict().items()}
+            for name, p in model.named_parameters():
+                p.requires_grad = "norm" in name
+            return model
+
+        def loss(self, model, batch):
+            out = super().loss(model, batch)
+            return LossOutput(out.loss, out.tokens, {"twice_the_loss": 2 * out.loss.detach()})
+
+    cfg = make_config(None, {**KW, "data": str(shards / "data"), "out_dir": str(tmp_path / "n"), "max_steps": 6,
+                             "optimizer": "muon"})
+    objective = NormsOnly(cfg)
+    train(cfg, objective)
+    final = load_file(tmp_path / "n" / "checkpoint" / "model.safetensors")
+    assert final.keys() <= objective.initial.keys()
+    for name, tensor in final.items():
+        assert torch.equal(tensor, objective.initial[name]) == ("norm" not in name), name
+    groups = load_training_state(tmp_path / "n" / "checkpoint")["optimizer"]["param_groups"]
+    assert sum(len(g["params"]) for g in groups) == sum("norm" in k for k in objective.initial)
+    for r in map(json.loads, (tmp_path / "n" / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in r:  # averaged over the 2 micro-batches like the loss
+            assert r["twice_the_loss"] == pytest.approx(2 * r["loss"], rel=1e-6)
+
+
 # --- faults and bad input ----------------------------------------------------------------------------
 
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(shards, tmp_path, monkeypatch):
@@ -141,7 +198,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(shards, tmp
             f.write(b"\0" * 100)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckpt_mod, "save_file", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)  # what Transformer.save_pretrained calls
     with pytest.raises(TrainingError, match="No space left on device.*previous checkpoint there is unchanged"):
         pretrain(data=str(shards / "data"), out_dir=str(run), max_steps=20, resume=True, **KW)
     assert {n: (run / d / n).read_bytes() for d in ("checkpoint", "best") for n in ("model.safetensors",)} == before

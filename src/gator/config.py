@@ -50,6 +50,7 @@ class ModelConfig:
     qk_nope_head_dim: int = 0  # per-head query/key dims that carry no position
     qk_rope_head_dim: int = 0  # RoPE dims: a rotated query part per head, ONE rotated key part shared by all heads
     v_head_dim: int = 0  # per-head value dims
+    mla_norm_eps: float = 1e-6  # eps of the latent norms (q_norm, kv_norm); DeepSeek fixes it at 1e-6
     rope_scaling: dict[str, Any] | None = None  # YaRN (MLA only): {"type": "yarn", "factor": 40, ...}, see layers.py
     # --- DeepSeekMoE (model/moe.py): layers >= moe_dense_layers replace the MLP by shared + routed experts ---
     moe_routed_experts: int = 0  # 0 = no MoE
@@ -133,6 +134,7 @@ class ModelConfig:
                  f"RoPE rotates pairs of dimensions, so it must be even, got {self.qk_rope_head_dim}")
             need(self.q_lora_rank is None or (isinstance(self.q_lora_rank, int) and self.q_lora_rank > 0),
                  "q_lora_rank", f"must be None or a positive integer, got {self.q_lora_rank!r}")
+            need(self.mla_norm_eps > 0, "mla_norm_eps", f"must be positive, got {self.mla_norm_eps}")
             need(self.head_dim == self.qk_nope_head_dim + self.qk_rope_head_dim, "head_dim",
                  f"with MLA it is qk_nope_head_dim + qk_rope_head_dim = "
                  f"{self.qk_nope_head_dim + self.qk_rope_head_dim}, got {self.head_dim}; leave it None")
@@ -141,8 +143,16 @@ class ModelConfig:
             need(isinstance(rs, dict) and rs.get("type") == "yarn", "rope_scaling",
                  f"expected a dict with type 'yarn', got {rs!r}")
             unknown = sorted(set(rs) - {"type", "factor", "original_context_length", "beta_fast", "beta_slow",
-                                        "mscale", "mscale_all_dim"})
+                                        "mscale", "mscale_all_dim", "attention_factor", "truncate"})
             need(not unknown, "rope_scaling", f"unknown YaRN keys {unknown}")
+            for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+                need(rs.get(key) is None or isinstance(rs[key], (int, float)), "rope_scaling",
+                     f"{key!r} must be a number or None, got {rs.get(key)!r}")
+            need(rs.get("attention_factor") is None or (isinstance(rs["attention_factor"], (int, float))
+                                                        and rs["attention_factor"] > 0), "rope_scaling",
+                 f"'attention_factor' must be a positive number or None, got {rs.get('attention_factor')!r}")
+            need(isinstance(rs.get("truncate", True), bool), "rope_scaling",
+                 f"'truncate' must be true or false, got {rs.get('truncate')!r}")
             need(isinstance(rs.get("factor"), (int, float)) and rs["factor"] >= 1, "rope_scaling",
                  f"'factor' must be a number >= 1, got {rs.get('factor')!r}")
             need(isinstance(rs.get("original_context_length"), int) and rs["original_context_length"] > 0,

@@ -10,7 +10,7 @@
 5. A few sampled stories from the best checkpoint, and a summary.
 
 Everything lands in one run folder (default `runs/demo-<time>`): corpus (when downloaded or generated),
-tokenizer/, data/, checkpoint/, best/, metrics.jsonl, loss.png, samples.txt, summary.json.
+tokenizer/, data/, checkpoint/, best/, metrics.jsonl, loss.png, train_config.yaml, samples.txt, summary.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from gator.cli import report, user_error  # noqa: E402
+from gator.cli_args import positive_float, positive_int  # noqa: E402
+
 TINYSTORIES = "roneneldan/TinyStories"
 HUB_STORIES = 50_000  # stories streamed from the hub (about 40 MB of text: more than 3 minutes can use)
 SYNTHETIC_STORIES = 20_000
@@ -38,19 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="a text/JSONL file or a folder (default: TinyStories from the hub, else synthetic)")
     p.add_argument("--field", default="text", help="text field of JSONL records")
     p.add_argument("--out", help="run folder (default: runs/demo-YYYYmmdd-HHMMSS)")
-    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget")
-    p.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
-    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--force", action="store_true", help="replace an earlier demo run in --out")
+    p.add_argument("--minutes", type=positive_float, default=3.0, help="pretraining time budget")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="also stop after this many steps")
+    p.add_argument("--vocab-size", type=positive_int, default=4096)
     p.add_argument("--recipe", default="demo")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synthetic-stories", type=int, default=SYNTHETIC_STORIES,
+    p.add_argument("--synthetic-stories", type=positive_int, default=SYNTHETIC_STORIES,
                    help="size of the synthetic corpus, when it is used")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"demo: error: {err}", file=sys.stderr)
+    except Exception as err:  # the one error path of the `gator` command: a user's error is one line
+        message = user_error(err)
+        if message is None:
+            raise
+        report("demo", message)
         return 1
     return 0
 
@@ -60,12 +68,14 @@ def run(args: argparse.Namespace) -> dict:
 
     from gator.data import END_OF_TEXT, hub_reachable, iter_documents, prepare
     from gator.data.synthetic import write_corpus
+    from gator.outputs import output_dir
     from gator.tokenizer import train_bpe
     from gator.train import load_model_for_sampling, pretrain, sample
+    from gator.train.setup import RUN_FILES
 
     t_start = time.perf_counter()
-    run_dir = Path(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = output_dir(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S"), force=args.force,
+                         earlier_work=(*RUN_FILES, "data", "tokenizer", "samples.txt"), what="an earlier demo run")
     progress = not args.no_progress
     print(f"Gator demo -> {run_dir}  (torch {torch.__version__}, {torch.get_num_threads()} threads)\n")
 
@@ -104,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     print("\n[3/5] token shards (train/val split by document)")
     t = time.perf_counter()
     manifest = prepare(source, run_dir / "tokenizer", run_dir / "data", field=args.field, val_fraction=0.05,
-                       seed=args.seed, progress=progress)
+                       seed=args.seed, progress=progress, force=args.force)
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
     print(f"  train {tr['tokens']:,} tokens ({tr['documents']:,} documents), val {va['tokens']:,} tokens "
           f"({va['documents']:,} documents), {tr['bytes'] / tr['tokens']:.2f} bytes/token, "
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
     # 4. pretraining
     print(f"\n[4/5] pretraining for {args.minutes:g} minutes (recipe {args.recipe})")
     overrides = dict(data=str(run_dir / "data"), out_dir=str(run_dir), max_time=f"{args.minutes * 60:g}s",
-                     seed=args.seed, progress=progress)
+                     seed=args.seed, progress=progress, force=args.force)
     if args.max_steps:
         overrides["max_steps"] = args.max_steps
     summary = pretrain(recipe=args.recipe, **overrides)
@@ -139,11 +149,12 @@ def run(args: argparse.Namespace) -> dict:
             ("val loss", f"{summary['val_loss']:.3f} nats/token (best {summary['best_val_loss']:.3f})"),
             ("val perplexity", f"{summary['val_ppl']:.2f}"),
             ("val bits per byte", f"{summary['val_bpb']:.3f}"),
-            ("run folder", f"{run_dir} (checkpoint/, best/, tokenizer/, metrics.jsonl, loss.png, samples.txt)"),
+            ("run folder", f"{run_dir} (checkpoint/, best/, tokenizer/, data/, metrics.jsonl, loss.png, "
+                           "train_config.yaml, samples.txt, summary.json)"),
             ("total time", f"{summary['total_seconds']:.0f} s")]
     for k, v in rows:
         print(f"  {k:<18} {v}")
-    print(f"\nMore: gator sample --checkpoint {run_dir} --prompt \"Once upon a time\"")
+    print(f"\nMore: gator sample --model {run_dir} --prompt \"Once upon a time\"")
     return summary
 
 

@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from gator.cli_args import add_device, add_force, add_model, add_out, non_negative_int, pick, positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 
-@torch.no_grad()
 def attention_maps(model: torch.nn.Module, ids: torch.Tensor | list[int]) -> torch.Tensor:
     """Attention probabilities (n_layers, n_heads, T, T) of one sequence (ids: (T,) or (1, T))."""
+    import torch
+
+    with torch.no_grad():
+        return _attention_maps(model, ids)
+
+
+def _attention_maps(model: torch.nn.Module, ids: torch.Tensor | list[int]) -> torch.Tensor:
+    import torch
+
     ids = torch.as_tensor(ids, device=next(model.parameters()).device)
     if ids.dim() == 1:
         ids = ids[None]
@@ -82,6 +94,7 @@ def plot_expert_load(history: list[dict], path: str | Path) -> Path:
     per logged step) and the max/mean load of every layer. `history` holds one entry per logged step:
     {"step": int, "moe": model.moe_stats(reset=True)} (reset: each entry covers the steps since the last)."""
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,37 +128,39 @@ def plot_expert_load(history: list[dict], path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------
-# CLI: gator viz attention --checkpoint DIR --text "..."
+# CLI: gator viz attention --model DIR --text "..."
 # ---------------------------------------------------------------------------------------------------
 
 def register(sub: argparse._SubParsersAction) -> None:
     viz = sub.add_parser("viz", help="visualisations").add_subparsers(dest="what", required=True)
     a = viz.add_parser("attention", help="heatmaps of every layer's and head's attention on a text")
-    a.add_argument("--checkpoint", required=True, help="model directory with its tokenizer")
+    add_model(a)
     a.add_argument("--text", required=True)
-    a.add_argument("--out", default="attention.png")
-    a.add_argument("--layers", type=int, nargs="*", help="which layers to draw (default all)")
-    a.add_argument("--max-heads", type=int, default=8)
+    add_out(a, "the picture to write (default attention.png)", required=False, default="attention.png")
+    add_force(a, "an existing picture")
+    a.add_argument("--layers", type=non_negative_int, nargs="*", help="which layers to draw (default all)")
+    a.add_argument("--max-heads", type=positive_int, default=8, help="draw at most this many heads per layer")
+    add_device(a)
     a.set_defaults(func=cmd_attention)
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from gator.model import Transformer
-    from gator.tokenizer import Tokenizer
+    from gator.outputs import output_file
+    from gator.train.sampling import load_model_for_sampling
 
-    model = Transformer.from_pretrained(args.checkpoint)
-    tok = Tokenizer.load(args.checkpoint)
+    model, tok, _ = load_model_for_sampling(pick(args, "model"), device=args.device)
     ids = tok.encode(args.text)
     if not ids:
         raise ValueError("the text is empty")
     if len(ids) > model.config.context_length:
         raise ValueError(f"the text has {len(ids)} tokens, more than the context ({model.config.context_length})")
-    maps = attention_maps(model, ids)
-    n = maps.shape[0]
+    n = model.config.n_layers
     for layer in args.layers or []:
         if not 0 <= layer < n:
             raise ValueError(f"layer {layer} does not exist; the model has layers 0..{n - 1}")
+    out = output_file(args.out, force=args.force)
+    maps = attention_maps(model, ids)
     tokens = [tok.decode([i]) for i in ids]
-    out = plot_attention(maps, tokens, args.out, args.layers, args.max_heads)
+    out = plot_attention(maps, tokens, out, args.layers, args.max_heads)
     print(f"wrote {out} ({n} layers x {maps.shape[1]} heads, {len(ids)} tokens)")
     return 0

@@ -1,7 +1,9 @@
 """Token shards: a corpus turned into flat files of token ids that training reads with `np.memmap`.
 
 `prepare` streams documents (see `sources.py`) through the tokenizer in worker processes and appends
-each document's ids, followed by the end-of-text token, to the train or the val stream:
+each document's ids, followed by the end-of-text token id, to the train or the val stream. A document is
+encoded as ordinary text (`encode_ordinary`, as nanoGPT's prepare does), so special-token text inside it
+never becomes a control token; the separator is the id itself:
 
     documents --(batches, in order)--> workers: tokenizer.encode_batch --> writer --> train-00000.bin ...
                                                                                   --> val-00000.bin ...
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from gator.data.sources import END_OF_TEXT, iter_documents
+from gator.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "gator-shards-1"
@@ -44,19 +47,13 @@ SHARD_TOKENS = 100_000_000  # tokens per shard file (200 MB as uint16)
 # The tokenizer as the data pipeline sees it
 # --------------------------------------------------------------------------------------------------
 
-def load_tokenizer(tokenizer: Any) -> Any:
-    """A Tokenizer object, loaded from a directory when given a path."""
-    if isinstance(tokenizer, (str, Path)):
-        from gator.tokenizer import Tokenizer
-
-        return Tokenizer.load(tokenizer)
-    return tokenizer
+def _tokenizer(tokenizer: Tokenizer | str | Path) -> Tokenizer:
+    return Tokenizer.load(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
 
 
-def tokenizer_info(tok: Any) -> dict[str, Any]:
+def tokenizer_info(tok: Tokenizer) -> dict[str, Any]:
     """Vocabulary size, end-of-text id and a fingerprint (a hash of the vocabulary, merges and specials)."""
-    eot = tok.encode(END_OF_TEXT)
-    if len(eot) != 1:
+    if END_OF_TEXT not in tok.special_ids:
         raise ValueError(f"the tokenizer has no {END_OF_TEXT} special token, which separates documents; "
                          f"train it with special_tokens=['{END_OF_TEXT}']")
     h = hashlib.sha256()
@@ -64,17 +61,9 @@ def tokenizer_info(tok: Any) -> dict[str, Any]:
         h.update(i.to_bytes(4, "little") + tok.vocab[i] + b"\x00")
     for a, b in tok.merges:
         h.update(a + b"\x01" + b + b"\x02")
-    specials = _special_ids(tok)
-    for s, i in sorted(specials.items()):
+    for s, i in sorted(tok.special_ids.items()):
         h.update(s.encode() + i.to_bytes(4, "little"))
-    vocab_size = max([*tok.vocab, *specials.values()]) + 1
-    return {"vocab_size": vocab_size, "eot_id": eot[0], "fingerprint": h.hexdigest()[:16]}
-
-
-def _special_ids(tok: Any) -> dict[str, int]:
-    if isinstance(getattr(tok, "special_ids", None), dict):
-        return {str(k): int(v) for k, v in tok.special_ids.items()}
-    return {s: tok.encode(s)[0] for s in tok.special_tokens or [] if len(tok.encode(s)) == 1}
+    return {"vocab_size": tok.vocab_size, "eot_id": tok.special_ids[END_OF_TEXT], "fingerprint": h.hexdigest()[:16]}
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -113,6 +102,14 @@ class ShardWriter:
         name = f"{self.split}-{len(self.files):05d}.bin"
         self._f = open(self.out_dir / name, "wb")
         self.files.append({"name": name, "tokens": 0})
+
+    def discard(self) -> None:
+        """Close and delete the files written so far (after a failure: no half-made shards stay behind)."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        for f in self.files:
+            (self.out_dir / f["name"]).unlink(missing_ok=True)
 
     def close(self) -> dict[str, Any]:
         if self._f is not None:
@@ -153,13 +150,15 @@ _WORKER_TOK: Any = None
 
 def _init_worker(tokenizer: Any) -> None:
     global _WORKER_TOK
-    _WORKER_TOK = load_tokenizer(tokenizer)
+    _WORKER_TOK = _tokenizer(tokenizer)
 
 
 def _encode_batch(docs: list[str], eot_id: int, dtype: str, seed: int, val_fraction: float
                   ) -> list[tuple[np.ndarray, int, bool]]:
     tok = _WORKER_TOK
-    encoded = tok.encode_batch(docs) if hasattr(tok, "encode_batch") else [tok.encode(d) for d in docs]
+    # Documents are ordinary text: "<|endoftext|>" written inside one is characters, not a boundary; the
+    # boundary is the id appended below.
+    encoded = tok.encode_batch(docs, disallowed_special=())
     out = []
     for doc, ids in zip(docs, encoded):
         arr = np.empty(len(ids) + 1, dtype=dtype)
@@ -184,18 +183,23 @@ def _batches(docs: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
 def prepare(source: Any, tokenizer: Any, out_dir: str | Path, *, field: str = "text", val_fraction: float = 0.05,
             seed: int = 0, workers: int | None = None, shard_tokens: int = SHARD_TOKENS,
             doc_chars: int | None = 8000, limit: int | None = None, batch_chars: int = 1 << 20,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Tokenize a corpus into train/val shards in `out_dir` and return the manifest (also written there).
 
     `tokenizer` is a Tokenizer or the directory it was saved in; `source` is anything `iter_documents`
-    reads. `workers=None` uses every core, 0 encodes in this process.
+    reads. `workers=None` uses every core, 0 encodes in this process. Shards already in `out_dir` (made
+    perhaps with another tokenizer) are replaced only with `force` (gator/outputs.py).
     """
+    from gator.outputs import output_dir
+
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    tok = load_tokenizer(tokenizer)
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be 0 (encode in this process) or more, got {workers}")
+    tok = _tokenizer(tokenizer)
     info = tokenizer_info(tok)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir, earlier_work=(MANIFEST, "train-*.bin", "val-*.bin"), force=force,
+                         what="token shards")
     if not isinstance(tokenizer, (str, Path)):  # a Tokenizer object: save it with the shards
         tokenizer = out_dir / "tokenizer"
         tok.save(tokenizer)
@@ -227,6 +231,10 @@ def prepare(source: Any, tokenizer: Any, out_dir: str | Path, *, field: str = "t
                     held = (ids, n_bytes)
                 bar.update(n_bytes)
             bar.set_postfix_str(f"{writers['train'].tokens + writers['val'].tokens:,} tokens")
+    except BaseException:  # a full disk, a bad document, Ctrl-C: leave no half-made shards
+        for w in writers.values():
+            w.discard()
+        raise
     finally:
         bar.close()
         if workers > 0:
@@ -273,9 +281,14 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {data_dir}; make the shards first with "
                                 f"`gator prepare --input CORPUS --tokenizer DIR --out {data_dir}`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a gator shard manifest (format {manifest.get('format')!r})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated: re-run `gator prepare` "
+                         f"into a new --out folder (or with --force)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a gator shard manifest (format "
+                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
     return manifest
 
 

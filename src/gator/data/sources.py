@@ -79,14 +79,20 @@ def read_jsonl(path: Path, field: str = "text") -> Iterator[str]:
         yield text
 
 
-def read_text(path: Path, doc_chars: int | None = DOC_CHARS) -> Iterator[str]:
-    """Documents of a plain text file: split on end-of-text markers, else cut at blank lines."""
+def read_whole_text(path: str | Path) -> str:
+    """A UTF-8 text file as one string; a file that is not UTF-8 (a binary file) is an error naming it."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}, line {line}); convert it to UTF-8 "
-                         "first") from None
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}, line {line}); is it a binary file? "
+                         "Convert it to UTF-8 text first") from None
+
+
+def read_text(path: Path, doc_chars: int | None = DOC_CHARS) -> Iterator[str]:
+    """Documents of a plain text file: split on end-of-text markers, else cut at blank lines."""
+    text = read_whole_text(path)
     if END_OF_TEXT in text:
         for doc in text.split(END_OF_TEXT):
             doc = doc.strip("\n")

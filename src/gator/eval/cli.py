@@ -8,30 +8,45 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gator.cli_args import (
+    add_device,
+    add_field,
+    add_force,
+    add_model,
+    add_out,
+    add_progress,
+    pick,
+    positive_int,
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate a checkpoint: perplexity, multiple choice, BLEU")
+    parser = subparsers.add_parser("eval", help="evaluate a model: perplexity, multiple choice, BLEU")
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
 
-    ppl = sub.add_parser("ppl", help="perplexity and bits per byte of a checkpoint over a text file")
-    ppl.add_argument("--checkpoint", type=Path, required=True, help="a directory written by gator")
+    ppl = sub.add_parser("ppl", help="perplexity and bits per byte of a model over a text file")
+    add_model(ppl)
     ppl.add_argument("--input", type=Path, required=True,
-                     help="a text file, or JSONL with a 'text' field per line (joined by blank lines)")
-    ppl.add_argument("--stride", type=int, default=None,
+                     help="a text file, or JSONL with a text field per line (documents joined by blank lines)")
+    add_field(ppl)
+    ppl.add_argument("--stride", type=positive_int, default=None,
                      help="new tokens scored per window (default: half the context length)")
-    ppl.add_argument("--max-chars", type=int, default=None, help="score only the first N characters")
-    ppl.add_argument("--batch-size", type=int, default=8)
-    ppl.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    ppl.add_argument("--max-chars", type=positive_int, default=None, help="score only the first N characters")
+    ppl.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
+    add_device(ppl)
+    add_progress(ppl)
     ppl.set_defaults(func=run_ppl)
 
     mc = sub.add_parser("mc", help="multiple-choice accuracy by log-likelihood (HellaSwag layout JSONL)")
-    mc.add_argument("--checkpoint", type=Path, required=True, help="a directory written by gator")
+    add_model(mc)
     mc.add_argument("--input", type=Path, required=True,
                     help='JSONL, one {"context": str, "choices": [str, ...], "label": int} per line')
-    mc.add_argument("--output", type=Path, default=None, help="write per-item scores to this JSONL file")
-    mc.add_argument("--limit", type=int, default=None, help="score only the first N items")
+    add_out(mc, "write per-item scores to this JSONL file", required=False)
+    add_force(mc, "an existing --out file")
+    mc.add_argument("--limit", type=positive_int, default=None, help="score only the first N items")
     mc.add_argument("--separator", default=" ", help="text between context and choice (default: a space)")
-    mc.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_device(mc)
+    add_progress(mc)
     mc.set_defaults(func=run_mc)
 
     bleu = sub.add_parser("bleu", help="corpus BLEU of a hypothesis file against reference files")
@@ -43,38 +58,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bleu.set_defaults(func=run_bleu)
 
 
-def load_checkpoint(checkpoint: Path, device: str | None = None) -> tuple[Any, Any]:
-    """The model and tokenizer saved in a checkpoint directory, the model in eval mode on `device`."""
-    import torch
+def load_checkpoint(checkpoint: str | Path, device: str | None = None) -> tuple[Any, Any]:
+    """The model (in eval mode, on `device`; default cuda when visible) and tokenizer of a model folder or a
+    run folder; the tokenizer may be Gator's, a tokenizer.json or GPT-2's files (an imported model)."""
+    from gator.train.sampling import load_model_for_sampling
 
-    from gator.model import Transformer
-    from gator.tokenizer import Tokenizer
-
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {checkpoint}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Transformer.from_pretrained(checkpoint, device=device).eval()
-    return model, Tokenizer.load(checkpoint)
+    model, tokenizer, _ = load_model_for_sampling(checkpoint, device=device)
+    return model, tokenizer
 
 
-def read_text(path: Path) -> str:
-    """A text file as it is, or the 'text' fields of a JSONL file joined by blank lines."""
+def read_text(path: Path, field: str = "text") -> str:
+    """A text file as it is, or the `field` of each record of a JSONL file joined by blank lines."""
+    from gator.data.sources import read_jsonl, read_whole_text
+
+    if path.is_dir():
+        raise ValueError(f"--input {path} is a folder; give a text or JSONL file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path} does not exist")
     if path.suffix != ".jsonl":
-        return path.read_text(encoding="utf-8")
-    from gator.data.sources import read_jsonl
-
-    return "\n\n".join(read_jsonl(path, "text"))
+        return read_whole_text(path)
+    return "\n\n".join(read_jsonl(path, field))
 
 
 def run_ppl(args: argparse.Namespace) -> int:
     from gator.eval.perplexity import perplexity
 
-    text = read_text(args.input)
+    text = read_text(args.input, args.field)
     if args.max_chars:
         text = text[: args.max_chars]
-    model, tokenizer = load_checkpoint(args.checkpoint, args.device)
+    model, tokenizer = load_checkpoint(pick(args, "model"), args.device)
     start = time.perf_counter()
-    result = perplexity(model, tokenizer, text, stride=args.stride, batch_size=args.batch_size)
+    result = perplexity(model, tokenizer, text, stride=args.stride, batch_size=args.batch_size,
+                        progress=args.progress)
     seconds = time.perf_counter() - start
     print(f"tokens {result.n_tokens}  bytes {result.n_bytes}  nll {result.nll:.4f}  "
           f"perplexity {result.perplexity:.3f}  bits/byte {result.bits_per_byte:.4f}  "
@@ -84,24 +99,26 @@ def run_ppl(args: argparse.Namespace) -> int:
 
 def run_mc(args: argparse.Namespace) -> int:
     from gator.eval.multiple_choice import load_mc_jsonl, score_multiple_choice
+    from gator.outputs import atomic_write, output_file
 
+    if args.out:
+        output_file(args.out, force=args.force)  # before scoring: a read-only --out fails now, not at the end
     items = load_mc_jsonl(args.input)[: args.limit]
-    model, tokenizer = load_checkpoint(args.checkpoint, args.device)
-    result = score_multiple_choice(model, tokenizer, items, separator=args.separator, progress=True)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            for item in result.items:
-                f.write(json.dumps(item.to_dict()) + "\n")
-        print(f"wrote {args.output}")
+    model, tokenizer = load_checkpoint(pick(args, "model"), args.device)
+    result = score_multiple_choice(model, tokenizer, items, separator=args.separator, progress=args.progress)
+    if args.out:
+        lines = "".join(json.dumps(item.to_dict()) + "\n" for item in result.items)
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+        print(f"wrote {args.out}")
     print(f"items {len(result.items)}  acc {result.accuracy:.4f}  acc_norm {result.accuracy_norm:.4f}")
     return 0
 
 
 def run_bleu(args: argparse.Namespace) -> int:
+    from gator.data.sources import read_whole_text
     from gator.eval.bleu import corpus_bleu
 
-    hyps = args.hypotheses.read_text(encoding="utf-8").splitlines()
-    refs = [path.read_text(encoding="utf-8").splitlines() for path in args.references]
+    hyps = read_whole_text(args.hypotheses).splitlines()
+    refs = [read_whole_text(path).splitlines() for path in args.references]
     print(corpus_bleu(hyps, refs, smooth=args.smooth, lowercase=args.lowercase))
     return 0

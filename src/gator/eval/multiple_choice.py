@@ -104,14 +104,14 @@ def choice_logprobs(model: torch.nn.Module, tokenizer: TokenizerLike, context: s
     """(log p(separator + choice | context), number of tokens) for each choice, all choices in one batch."""
     length = context_length_of(model, context_length)
     device = device or next(model.parameters()).device
-    ctx = list(tokenizer.encode(context))
+    ctx = list(tokenizer.encode_ordinary(context))
     if bos_id is not None:
         ctx = [bos_id, *ctx]
     if not ctx:
         raise ValueError("the context is empty: give it some text, or pass bos_id")
     seqs, n_cont = [], []
     for choice in choices:
-        cont = list(tokenizer.encode(separator + choice))
+        cont = list(tokenizer.encode_ordinary(separator + choice))
         if not cont:
             raise ValueError(f"choice {choice!r} encodes to no tokens")
         if len(cont) > length:

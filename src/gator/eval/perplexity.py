@@ -32,7 +32,7 @@ import torch.nn.functional as F
 class TokenizerLike(Protocol):
     """What evaluation needs from a tokenizer (gator.tokenizer.Tokenizer is one)."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode_ordinary(self, text: str) -> list[int]: ...  # text is data: never control tokens
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -89,15 +89,22 @@ def windows(n_ids: int, context_length: int, stride: int, first_target: int = 1)
 @torch.no_grad()
 def token_nll(model: torch.nn.Module, ids: list[int], context_length: int | None = None,
               stride: int | None = None, batch_size: int = 8,
-              device: str | torch.device | None = None) -> tuple[float, int]:
+              device: str | torch.device | None = None, progress: bool = False) -> tuple[float, int]:
     """Sum of -log p(ids[t] | earlier ids in its window) over t = 1..len(ids)-1, and the count of those t.
 
-    Windows of the same shape (all but the first few and the last) run `batch_size` at a time."""
+    Windows of the same shape (all but the first few and the last) run `batch_size` at a time; `progress`
+    shows a bar over the scored tokens."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     length = context_length_of(model, context_length)
     stride = stride or max(1, length // 2)
     device = device or next(model.parameters()).device
     total, count = 0.0, 0
     pending = deque(windows(len(ids), length, stride))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(ids) - 1, desc="perplexity", unit="tok", disable=not progress, leave=False,
+               dynamic_ncols=True)
     while pending:
         start, end, n_new = pending[0]
         shape = (end - start, n_new)
@@ -109,6 +116,8 @@ def token_nll(model: torch.nn.Module, ids: list[int], context_length: int | None
         logits = model(x)[0][:, -n_new:, :].float()  # only the predictions of the new targets
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
         count += n_new * len(batch)
+        bar.update(n_new * len(batch))
+    bar.close()
     return total, count
 
 
@@ -121,9 +130,9 @@ def token_bytes(tokenizer: TokenizerLike, ids: list[int]) -> int:
 
 def perplexity(model: torch.nn.Module, tokenizer: TokenizerLike, text: str, context_length: int | None = None,
                stride: int | None = None, bos_id: int | None = None, batch_size: int = 8,
-               device: str | torch.device | None = None) -> PerplexityResult:
+               device: str | torch.device | None = None, progress: bool = False) -> PerplexityResult:
     """Perplexity and bits per byte of `model` on `text` (see the module docstring for the windows)."""
-    ids = list(tokenizer.encode(text))
+    ids = list(tokenizer.encode_ordinary(text))
     n_bytes = len(text.encode("utf-8"))
     if bos_id is not None:
         ids = [bos_id, *ids]  # every token of the text now has something before it
@@ -134,7 +143,7 @@ def perplexity(model: torch.nn.Module, tokenizer: TokenizerLike, text: str, cont
     was_training = model.training
     model.eval()
     try:
-        nll_sum, n_tokens = token_nll(model, ids, context_length, stride, batch_size, device)
+        nll_sum, n_tokens = token_nll(model, ids, context_length, stride, batch_size, device, progress)
     finally:
         model.train(was_training)
     return PerplexityResult(nll_sum, n_tokens, max(1, n_bytes))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -165,29 +166,32 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], c: ModelConfig) -> dict[str
     return out
 
 
-def state_to_hf(model: Transformer, in_memory: bool = False) -> dict[str, torch.Tensor]:
+def state_to_hf(model: Transformer, in_memory: bool = False, lm_head: bool = True) -> dict[str, torch.Tensor]:
     """transformers state dict of `model`. in_memory: the names of transformers' modules rather than of
-    its checkpoint files (they differ for DeepSeek's stacked experts)."""
+    its checkpoint files (they differ for DeepSeek's stacked experts). lm_head=False leaves the LM head
+    out (a trunk under another head, e.g. the reward model's; see interop/hf_reward.py)."""
     c = model.config
     if hf_family(c) == "deepseek_v3":
         return hf_deepseek.state_to_hf(model, in_memory=in_memory)
     s = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     if hf_family(c) == "gpt2":
-        zeros = torch.zeros(c.d_model, dtype=s["tok_emb.weight"].dtype)
+        def zeros(n: int = c.d_model) -> torch.Tensor:  # a bias=False model exports zero biases, each its own
+            return torch.zeros(n, dtype=s["tok_emb.weight"].dtype)
+
         out["transformer.wte.weight"], out["transformer.wpe.weight"] = s["tok_emb.weight"], s["pos_emb.weight"]
         for i in range(c.n_layers):
             h, b = f"transformer.h.{i}.", f"blocks.{i}."
             for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
                 out[h + theirs + ".weight"] = s[b + ours + ".weight"]
-                out[h + theirs + ".bias"] = s.get(b + ours + ".bias", zeros)
+                out[h + theirs + ".bias"] = s[b + ours + ".bias"] if c.bias else zeros()
             for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
                                  ("mlp.up", "mlp.c_fc"), ("mlp.down", "mlp.c_proj")):
                 w = s[b + ours + ".weight"]
                 out[h + theirs + ".weight"] = w.t().contiguous()
-                out[h + theirs + ".bias"] = s.get(b + ours + ".bias", torch.zeros(w.shape[0], dtype=w.dtype))
+                out[h + theirs + ".bias"] = s[b + ours + ".bias"] if c.bias else zeros(w.shape[0])
         out["transformer.ln_f.weight"] = s["norm.weight"]
-        out["transformer.ln_f.bias"] = s.get("norm.bias", zeros)
+        out["transformer.ln_f.bias"] = s["norm.bias"] if c.bias else zeros()
     else:
         out["model.embed_tokens.weight"] = s["tok_emb.weight"]
         for i in range(c.n_layers):
@@ -203,7 +207,7 @@ def state_to_hf(model: Transformer, in_memory: bool = False) -> dict[str, torch.
                 out[h + "mlp.gate_proj" + sfx], out[h + "mlp.up_proj" + sfx] = gate, up
                 out[h + "mlp.down_proj" + sfx] = s[b + "mlp.down" + sfx]
         out["model.norm.weight"] = s["norm.weight"]
-    if not c.tie_embeddings:
+    if not c.tie_embeddings and lm_head:
         out["lm_head.weight"] = s["lm_head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -249,6 +253,10 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None,
     """Write a transformers-layout directory (config.json + model.safetensors [+ tokenizer])."""
     from safetensors.torch import save_file
 
+    if getattr(model, "lora_config", None) is not None:
+        raise ValueError("the model has LoRA adapters: export the base model and save the adapters with "
+                         "gator.interop.peft.save_adapter (PEFT loads them), or merge them first "
+                         "(gator.model.lora.remove_lora)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = state_to_hf(model)
@@ -256,12 +264,48 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None,
         state = {k: v.to(dtype) for k, v in state.items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
+    state = _own_storage(state)
     dtype = next(iter(state.values())).dtype
     _atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     cfg = config_to_hf(model.config, dtype)
+    gen = generation_config(tokenizer) if tokenizer is not None else None
+    if gen:
+        cfg.update(bos_token_id=gen.get("bos_token_id"), eos_token_id=gen.get("eos_token_id"))
     _atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
     if tokenizer is not None:
         tokenizer.save_hf(out)
+        _atomic_write(out / "generation_config.json", lambda p: Path(p).write_text(json.dumps(gen, indent=2) + "\n"))
+    if model.config.head_dim < 32:
+        warnings.warn(f"head_dim is {model.config.head_dim}: vLLM's CPU attention needs head_dim >= 32 (it stops "
+                      "with 'Unsupported CPU attention configuration'); GPUs and transformers are fine", stacklevel=2)
+    return out
+
+
+def generation_config(tokenizer: Any) -> dict[str, Any]:
+    """generation_config.json for a Gator tokenizer: the token ids only (bos, eos, pad), so that servers
+    such as vLLM stop where Gator stops and keep their own sampling defaults. eos lists the chat template's
+    end-of-turn marker (when the tokenizer has one) and <|endoftext|>."""
+    from gator.tokenizer.chat import chat_stop_ids
+
+    eot = tokenizer.special_ids.get("<|endoftext|>")
+    eos = [*chat_stop_ids(tokenizer), *([eot] if eot is not None else [])]
+    gen: dict[str, Any] = {}
+    if eot is not None:
+        gen.update(bos_token_id=eot, pad_token_id=eot)
+    if eos:
+        gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    return gen
+
+
+def _own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor in a storage of its own (copied when an earlier one uses the same storage): safetensors
+    refuses tensors that share memory, such as a weight tied to another or one tensor used twice."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in state.items():
+        ptr = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
     return out
 
 

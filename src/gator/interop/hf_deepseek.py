@@ -18,6 +18,12 @@ Gator pairs dim i with i + d/2. Rotating adjacent pairs and then reading the res
 shared key to [evens; odds] and rotating halves, and q.k is unchanged by a common permutation. So import
 permutes those rows once, and export writes `rope_interleave: false`.
 
+Config keys: one a config.json leaves out means what it means to transformers (HF_DEFAULTS, checked
+against DeepseekV3Config() in the tests). YaRN's rope_parameters keys carry over one to one (model/layers.py
+computes them as transformers does); what Gator cannot reproduce (partial_rotary_factor, factor < 1) is
+refused. The latent norms' eps is transformers' fixed 1e-6 (ModelConfig.mla_norm_eps), not rms_norm_eps.
+A model without MoE exports first_k_dense_replace past its last (MTP) layer, so every layer stays dense.
+
 Files are written in the checkpoint layout transformers itself saves (one tensor per expert), which is
 also what vLLM reads; the MTP layers follow the DeepSeek-V3 checkpoint (transformers' causal LM ignores
 them, serving engines use them for speculative decoding).
@@ -31,50 +37,100 @@ import torch
 
 from gator.config import ModelConfig
 
-YARN_KEYS = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+# What transformers' DeepseekV3Config assumes for each key that a config.json leaves out. Gator assumes
+# the same, from this one table (tests/test_deepseek_interop.py checks it against DeepseekV3Config()).
+HF_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+    "num_hidden_layers": 61, "num_attention_heads": 128, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+    "hidden_act": "silu", "attention_bias": False, "tie_word_embeddings": False, "initializer_range": 0.02,
+    "rope_theta": 10000.0, "rope_interleave": True,
+    "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8,
+    "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
+    "first_k_dense_replace": 3, "num_nextn_predict_layers": 1,
+}
+
+# transformers (like DeepSeek-V3's inference/model.py) builds q_a_layernorm and kv_a_layernorm with this
+# eps, whatever rms_norm_eps says; Gator's ModelConfig.mla_norm_eps.
+HF_MLA_NORM_EPS = 1e-6
+
+# YaRN keys with the same name and meaning in transformers' rope_parameters and Gator's rope_scaling
+# (model/layers.py); original_max_position_embeddings is Gator's original_context_length.
+YARN_KEYS = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate")
+
+
+def _get(hf: dict[str, Any], key: str) -> Any:
+    return hf[key] if key in hf else HF_DEFAULTS[key]
+
+
+def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, Gator's rope_scaling) from the RoPE keys, resolved as transformers resolves them."""
+    # transformers: a legacy `rope_scaling` wins over `rope_parameters`; keys inside the dict win over
+    # top-level ones, except `original_max_position_embeddings`, where the top-level key wins.
+    rope = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    theta = float(rope.get("rope_theta", hf.get("rope_theta", HF_DEFAULTS["rope_theta"])))
+    if kind in ("default", None):
+        return theta, None
+    if kind != "yarn":
+        raise ValueError(f"RoPE type {kind!r} is not supported; Gator implements plain RoPE and YaRN")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"rope_parameters.partial_rotary_factor={rope['partial_rotary_factor']} is not supported: "
+                         "DeepseekV3 rotates all qk_rope_head_dim dimensions")
+    context = _get(hf, "max_position_embeddings")
+    original = hf.get("original_max_position_embeddings")
+    if original is None:
+        original = rope.get("original_max_position_embeddings") or context
+    if float(original) != int(original):
+        raise ValueError(f"original_max_position_embeddings must be a whole number of positions, got {original}")
+    if rope.get("factor") is None:  # transformers refuses this config too
+        raise ValueError("YaRN rope_parameters need a 'factor' (the context stretch, e.g. "
+                         "max_position_embeddings / original_max_position_embeddings)")
+    scaling = {"type": "yarn", "factor": rope["factor"], "original_context_length": int(original)}
+    scaling.update({k: rope[k] for k in YARN_KEYS if rope.get(k) is not None})
+    return theta, scaling
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """ModelConfig from a transformers DeepseekV3 config dict."""
-    if hf.get("hidden_act", "silu") != "silu":
+    """ModelConfig from a transformers DeepseekV3 config dict; a key it lacks means what it means to
+    transformers (HF_DEFAULTS)."""
+    if _get(hf, "hidden_act") != "silu":
         raise ValueError(f"activation {hf['hidden_act']!r} is not supported (DeepSeek's experts use silu)")
-    if hf.get("attention_bias", False):
+    if _get(hf, "attention_bias"):
         raise ValueError("attention_bias=True is not supported: Gator's MLA has no biases")
+    # DeepSeek's own config.json keys, which transformers does not read (it always does what the default says)
     if hf.get("moe_layer_freq", 1) != 1:
         raise ValueError(f"moe_layer_freq={hf['moe_layer_freq']} is not supported (every layer past "
                          "first_k_dense_replace must be MoE)")
     if hf.get("scoring_func", "sigmoid") != "sigmoid":
         raise ValueError(f"DeepseekV3 scores experts with sigmoid, but the config says {hf['scoring_func']!r}")
-    if str(hf.get("quantization_config", {}).get("quant_method", "")) == "fp8":
+    if str((hf.get("quantization_config") or {}).get("quant_method", "")) == "fp8":
         raise ValueError("FP8 checkpoints are not supported; dequantize to bf16 first (DeepSeek's fp8_cast_bf16.py)")
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    scaling = None
-    if kind == "yarn":
-        original = int(rope["original_max_position_embeddings"])
-        factor = rope.get("factor") or hf["max_position_embeddings"] / original
-        scaling = {"type": "yarn", "factor": factor, "original_context_length": original}
-        scaling.update({k: rope[k] for k in YARN_KEYS if rope.get(k) is not None})
-    elif kind not in ("default", None):
-        raise ValueError(f"RoPE type {kind!r} is not supported; Gator implements plain RoPE and YaRN")
-    n_groups = hf.get("n_group") or 1
+    theta, scaling = _rope_from_hf(hf)
+    n_layers = _get(hf, "num_hidden_layers")
+    mtp_depth = hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers", HF_DEFAULTS["num_nextn_predict_layers"]))
+    first_dense = _get(hf, "first_k_dense_replace") or 0
+    # Layer i (main or MTP, i < n_layers + mtp_depth) is MoE when i >= first_k_dense_replace; with none
+    # such, the expert fields are unused and the model has no MoE.
+    moe = first_dense < n_layers + (mtp_depth or 0)
+    experts = dict(
+        moe_routed_experts=_get(hf, "n_routed_experts"), moe_shared_experts=_get(hf, "n_shared_experts"),
+        moe_top_k=_get(hf, "num_experts_per_tok"), moe_ffn_dim=_get(hf, "moe_intermediate_size"),
+        moe_scoring="sigmoid", moe_norm_top_k=bool(_get(hf, "norm_topk_prob")),
+        moe_routed_scale=float(_get(hf, "routed_scaling_factor")),
+        # null groups cannot run in transformers; DeepSeek's reference code reads them as no grouping
+        moe_groups=_get(hf, "n_group") or 1, moe_top_groups=_get(hf, "topk_group") or 1,
+        moe_dense_layers=min(first_dense, n_layers)) if moe else {}
     return ModelConfig(
-        vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"], d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"], ffn_dim=hf["intermediate_size"],
-        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", positions="rope", rope_theta=theta,
-        bias=False, tie_embeddings=bool(hf.get("tie_word_embeddings", False)), attention="mla",
-        q_lora_rank=hf.get("q_lora_rank"), kv_lora_rank=hf["kv_lora_rank"],
-        qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
-        v_head_dim=hf["v_head_dim"], rope_scaling=scaling,
-        moe_routed_experts=hf["n_routed_experts"], moe_shared_experts=hf.get("n_shared_experts", 1),
-        moe_top_k=hf["num_experts_per_tok"], moe_ffn_dim=hf["moe_intermediate_size"], moe_scoring="sigmoid",
-        moe_norm_top_k=bool(hf.get("norm_topk_prob", True)),
-        moe_routed_scale=float(hf.get("routed_scaling_factor", 1.0)),
-        moe_groups=n_groups, moe_top_groups=hf.get("topk_group") or 1,
-        moe_dense_layers=min(hf.get("first_k_dense_replace") or 0, hf["num_hidden_layers"]),
-        mtp_depth=hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers", 0)) or 0,
-        extra={"hf_model_type": "deepseek_v3", "rope_interleave": bool(hf.get("rope_interleave", True))})
+        vocab_size=_get(hf, "vocab_size"), context_length=_get(hf, "max_position_embeddings"),
+        d_model=_get(hf, "hidden_size"), n_layers=n_layers, n_heads=_get(hf, "num_attention_heads"),
+        ffn_dim=_get(hf, "intermediate_size"), norm="rmsnorm", norm_eps=_get(hf, "rms_norm_eps"), mlp="swiglu",
+        positions="rope", rope_theta=theta, bias=False, tie_embeddings=bool(_get(hf, "tie_word_embeddings")),
+        attention="mla", q_lora_rank=_get(hf, "q_lora_rank"), kv_lora_rank=_get(hf, "kv_lora_rank"),
+        qk_nope_head_dim=_get(hf, "qk_nope_head_dim"), qk_rope_head_dim=_get(hf, "qk_rope_head_dim"),
+        v_head_dim=_get(hf, "v_head_dim"), mla_norm_eps=HF_MLA_NORM_EPS, rope_scaling=scaling, **experts,
+        mtp_depth=mtp_depth or 0, init_std=_get(hf, "initializer_range"),
+        extra={"hf_model_type": "deepseek_v3", "rope_interleave": bool(_get(hf, "rope_interleave"))})
 
 
 def config_for_state(c: ModelConfig, state: dict[str, torch.Tensor]) -> ModelConfig:
@@ -101,6 +157,9 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str
         problems.append("Mixture-of-Depths has no transformers equivalent")
     if c.sliding_window is not None:
         problems.append("DeepseekV3 has no sliding window")
+    if c.mla_norm_eps != HF_MLA_NORM_EPS:
+        problems.append(f"transformers fixes the eps of q_a_layernorm/kv_a_layernorm at {HF_MLA_NORM_EPS} "
+                        f"(mla_norm_eps is {c.mla_norm_eps})")
     if problems:
         raise ValueError("cannot export to DeepseekV3ForCausalLM: " + "; ".join(problems))
     dtype_name = str(dtype).removeprefix("torch.")
@@ -109,8 +168,10 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str
         rs = c.rope_scaling
         rope = {"rope_type": "yarn", "rope_theta": c.rope_theta, "factor": rs["factor"],
                 "original_max_position_embeddings": rs["original_context_length"],
-                **{k: rs[k] for k in YARN_KEYS if k in rs}}
+                **{k: rs[k] for k in YARN_KEYS if rs.get(k) is not None}}
     moe = c.moe_routed_experts > 0
+    # Without MoE, every layer (the MTP layers too) is below first_k_dense_replace, so dense; the expert
+    # fields are then unused, and set to the smallest consistent values.
     return {
         "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": c.vocab_size,
         "hidden_size": c.d_model, "intermediate_size": c.ffn_dim, "num_hidden_layers": c.n_layers,
@@ -119,11 +180,11 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str
         "rope_interleave": False, "attention_bias": False, "attention_dropout": c.dropout,
         "q_lora_rank": c.q_lora_rank, "kv_lora_rank": c.kv_lora_rank, "qk_nope_head_dim": c.qk_nope_head_dim,
         "qk_rope_head_dim": c.qk_rope_head_dim, "v_head_dim": c.v_head_dim,
-        # Without MoE every layer is dense (first_k_dense_replace = n_layers); the expert fields are then unused.
-        "n_routed_experts": c.moe_routed_experts if moe else 2, "n_shared_experts": c.moe_shared_experts if moe else 1,
+        "n_routed_experts": c.moe_routed_experts if moe else 1, "n_shared_experts": c.moe_shared_experts if moe else 1,
         "num_experts_per_tok": c.moe_top_k if moe else 1, "moe_intermediate_size": c.moe_ffn_dim if moe else 1,
-        "n_group": c.moe_groups, "topk_group": c.moe_top_groups, "norm_topk_prob": c.moe_norm_top_k,
-        "routed_scaling_factor": c.moe_routed_scale, "first_k_dense_replace": c.moe_dense_layers if moe else c.n_layers,
+        "n_group": c.moe_groups if moe else 1, "topk_group": c.moe_top_groups if moe else 1,
+        "norm_topk_prob": c.moe_norm_top_k, "routed_scaling_factor": c.moe_routed_scale if moe else 1.0,
+        "first_k_dense_replace": c.moe_dense_layers if moe else c.n_layers + c.mtp_depth,
         "scoring_func": "sigmoid", "topk_method": "noaux_tc", "num_nextn_predict_layers": c.mtp_depth,
         "tie_word_embeddings": c.tie_embeddings, "initializer_range": c.init_std,
         "bos_token_id": None, "eos_token_id": None, "dtype": dtype_name, "torch_dtype": dtype_name,
@@ -253,7 +314,7 @@ def state_to_hf(model: torch.nn.Module, in_memory: bool = False) -> dict[str, to
                 out[h + theirs + ".weight"] = s[b + ours + ".weight"]
             out.update(_layer_to_hf(s, b + "block.", h, c, c.moe_routed_experts > 0, False))
             # DeepSeek-V3's checkpoint repeats the shared embedding and head inside each MTP layer.
-            out[h + "embed_tokens.weight"] = s["tok_emb.weight"].clone()  # a file cannot share storage
-            out[h + "shared_head.head.weight"] = s.get("lm_head.weight", s["tok_emb.weight"]).clone()
+            out[h + "embed_tokens.weight"] = s["tok_emb.weight"]  # export_hf copies shared storage for the file
+            out[h + "shared_head.head.weight"] = s.get("lm_head.weight", s["tok_emb.weight"])
     out["lm_head.weight"] = s["lm_head.weight"] if "lm_head.weight" in s else s["tok_emb.weight"]
     return {k: v.contiguous() for k, v in out.items()}

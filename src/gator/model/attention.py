@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gator import runtime
 from gator.config import ModelConfig
 from gator.model.cache import KVCache
 from gator.model.layers import apply_rope
-from gator.model.matmul import Linear
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,8 +34,8 @@ class CausalSelfAttention(nn.Module):
         self.window = config.sliding_window
         self.dropout = config.dropout
         # Q, K and V come from one fused matmul: rows [0, q_dim) are Q, then K, then V.
-        self.qkv = Linear(config.d_model, self.q_dim + 2 * self.kv_dim, bias=config.bias)
-        self.proj = Linear(self.q_dim, config.d_model, bias=config.bias)
+        self.qkv = nn.Linear(config.d_model, self.q_dim + 2 * self.kv_dim, bias=config.bias)
+        self.proj = nn.Linear(self.q_dim, config.d_model, bias=config.bias)
         self.proj.is_residual_projection = True
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -74,25 +74,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
            dropout: float = 0.0, scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with K/V heads shared among groups of query heads.
 
-    On CPU, PyTorch's bf16 flash-attention kernel is slower than its fp32 one for short keys (measured on
-    the 2-core dev machine, batch x heads x T x D = 32x4x64x32: 14.8 ms vs 4.3 ms forward + backward; about
-    equal at 512 keys; bf16 ahead from 1024), so short attention runs in fp32 and is cast back (fp32
-    is also the more accurate of the two). Single-token decoding steps keep their dtype: there the cast of
-    the whole cache would cost more than the kernel.
+    On CPU, low-precision attention runs in fp32 and is cast back where `gator.runtime.cpu_attention_in_fp32`
+    says fp32 is the faster kernel (short keys; any length where bf16 is not native).
     """
     gqa = q.shape[1] != k.shape[1]
     dtype = q.dtype
     low = dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
-    if q.device.type == "cpu" and low and 1 < q.shape[2] and k.shape[2] <= CPU_FP32_MAX_KEYS:
+    if q.device.type == "cpu" and low and runtime.cpu_attention_in_fp32(q.shape[2], k.shape[2]):
         with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs straight back to bf16
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout,
                                                is_causal=causal, scale=scale, enable_gqa=gqa)
         return y.to(dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
                                           scale=scale, enable_gqa=gqa)
-
-
-CPU_FP32_MAX_KEYS = 512  # see `attend`: up to this many keys, CPU attention is faster in fp32
 
 
 def causal_mask(T: int, window: int | None, device: torch.device) -> torch.Tensor:

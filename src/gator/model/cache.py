@@ -7,7 +7,12 @@ new token and attends over stored keys. Buffers are allocated once for the longe
 
 Batches of prompts with different lengths are left-padded to a common length. `pad[b]` counts the
 padding slots at the start of row b: they are masked out as keys, and positions are counted from the
-first real token, so a padded row produces exactly what it would alone.
+first real token, so a padded row produces exactly what it would alone. A padded cache may therefore
+hold more slots than the model's context: what is limited is each row's last position.
+
+Decoders change the cache only through its methods: `advance` after a forward pass, `rewind(n)` to
+forget the last n entries (speculative decoding drops the entries of rejected drafts), and
+`keep_rows` when finished rows leave the batch.
 """
 
 from __future__ import annotations
@@ -26,21 +31,34 @@ class KVCache:
         self.max_len = max_len
         self.batch_size = batch_size
         self.length = 0  # slots filled so far (the same for every row; padding counts as filled)
-        self.pad = pad.to(device) if pad is not None and bool(pad.any()) else None  # (B,) left-padding per row
+        self.pad: torch.Tensor | None = None  # (B,) left-padding per row; None when no row is padded
+        self.min_pad = 0  # the least padding of any row (a Python int, for position checks without a sync)
+        if pad is not None and bool(pad.any()):
+            self.pad, self.min_pad = pad.to(device), int(pad.min())
+        self.key_masks: dict[int, torch.Tensor] = {}  # Mixture-of-Depths layers only: see key_mask
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int | None = None,
-                  pad: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> KVCache:
+                  pad: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+                  n_layers: int | None = None) -> KVCache:
+        """A cache shaped for `model`'s attention; `n_layers` overrides the layer count (an MTP module has one)."""
         c = model.config
         p = next(model.parameters())
         max_len = max_len or c.context_length
-        if max_len > c.context_length and c.positions != "none":
-            raise ValueError(f"cache length {max_len} exceeds the model's context_length {c.context_length}")
+        most_pad = int(pad.max()) if pad is not None and len(pad) else 0  # the row with the most room
+        if max_len - most_pad > c.context_length and c.positions != "none":
+            raise ValueError(f"cache length {max_len} exceeds the model's context_length {c.context_length} "
+                             f"even for the row with the most padding ({most_pad} slots)")
+        n_layers = c.n_layers if n_layers is None else n_layers
         if c.attention == "mla":  # one [latent ; RoPE key] row per token in k, v unused: see model/mla.py
-            return cls(c.n_layers, batch_size, 1, c.kv_lora_rank + c.qk_rope_head_dim, max_len,
+            return cls(n_layers, batch_size, 1, c.kv_lora_rank + c.qk_rope_head_dim, max_len,
                        dtype=dtype or p.dtype, device=p.device, pad=pad, v_head_dim=0)
-        return cls(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len, dtype=dtype or p.dtype,
+        return cls(n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len, dtype=dtype or p.dtype,
                    device=p.device, pad=pad)
+
+    def end_position(self, T: int) -> int:
+        """One past the largest position (over rows) that the next T tokens get."""
+        return self.length + T - self.min_pad
 
     def positions(self, T: int) -> torch.Tensor:
         """Positions of the next T tokens: (T,) when no row is padded, else (B, T)."""
@@ -63,6 +81,23 @@ class KVCache:
     def advance(self, T: int) -> None:
         """Called once per forward pass, after every layer has stored its T new entries."""
         self.length += T
+
+    def rewind(self, n: int) -> None:
+        """Forget the last n entries of every row and layer; the next forward overwrites their slots."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot rewind {n} entries of a cache holding {self.length}")
+        self.length -= n
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows at indices `rows` (1-D, in the new order); the others' buffers are freed."""
+        rows = rows.to(self.k[0].device)
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.key_masks = {layer: m[rows] for layer, m in self.key_masks.items()}
+        self.batch_size = len(rows)
+        if self.pad is not None:
+            pad = self.pad[rows]
+            self.pad, self.min_pad = (pad, int(pad.min())) if bool(pad.any()) else (None, 0)
 
     def attention_mask(self, T: int, window: int | None = None) -> torch.Tensor | None:
         """Boolean mask (B or 1, 1, T, length+T) of allowed (query, key) pairs for the next T queries.
@@ -90,12 +125,10 @@ class KVCache:
     def key_mask(self, layer: int) -> torch.Tensor:
         """(B, max_len) bool: which stored keys of `layer` exist. Mixture-of-Depths layers skip tokens, so
         they mark the slots of skipped tokens False (see model/depth.py); other layers never call this."""
-        if not hasattr(self, "_key_masks"):
-            self._key_masks: dict[int, torch.Tensor] = {}
-        if layer not in self._key_masks:
-            self._key_masks[layer] = torch.ones(self.batch_size, self.max_len, dtype=torch.bool,
-                                                device=self.k[layer].device)
-        return self._key_masks[layer]
+        if layer not in self.key_masks:
+            self.key_masks[layer] = torch.ones(self.batch_size, self.max_len, dtype=torch.bool,
+                                               device=self.k[layer].device)
+        return self.key_masks[layer]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

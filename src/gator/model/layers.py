@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gator.config import ModelConfig
-from gator.model.matmul import Linear
 
 
 class RMSNorm(nn.Module):
@@ -44,8 +43,8 @@ class GeluMLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.up = Linear(config.d_model, config.ffn_dim, bias=config.bias)
-        self.down = Linear(config.ffn_dim, config.d_model, bias=config.bias)
+        self.up = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
+        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
         self.down.is_residual_projection = True  # scaled at init, see Transformer._init_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +57,8 @@ class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig, ffn_dim: int | None = None):
         super().__init__()
         self.ffn_dim = ffn_dim or config.ffn_dim
-        self.gate_up = Linear(config.d_model, 2 * self.ffn_dim, bias=config.bias)
-        self.down = Linear(self.ffn_dim, config.d_model, bias=config.bias)
+        self.gate_up = nn.Linear(config.d_model, 2 * self.ffn_dim, bias=config.bias)
+        self.down = nn.Linear(self.ffn_dim, config.d_model, bias=config.bias)
         self.down.is_residual_projection = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +114,18 @@ def make_rope(config: ModelConfig) -> RotaryEmbedding | None:
 
 # YaRN (Peng et al., 2023), as DeepSeek-V2/V3 use it to stretch a 4K pretraining context to 128K+: pairs
 # that turn many times within the original context keep their frequency (extrapolate), slow pairs are
-# divided by `factor` (interpolate), with a linear ramp between; attention logits are then sharpened by
-# mscale(factor) = 0.1 * m * ln(factor) + 1.
+# divided by `factor` (interpolate), with a linear ramp between; cos/sin are then scaled by an
+# "attention factor", by default mscale(factor) = 0.1 * m * ln(factor) + 1.
+#
+# The scaling dict (ModelConfig.rope_scaling) holds the keys of transformers' YaRN `rope_parameters`,
+# with the same meaning and defaults, so imported models compute the same tables:
+#   factor                    the context stretch (required)
+#   original_context_length   the pretraining context (transformers: original_max_position_embeddings)
+#   beta_fast, beta_slow      the ramp ends, in turns within the original context (default 32 and 1)
+#   mscale, mscale_all_dim    the attention factor is mscale(factor, mscale) / mscale(factor, mscale_all_dim)
+#                             when both are set (DeepSeek: equal, so 1), else mscale(factor)
+#   attention_factor          overrides that computed attention factor
+#   truncate                  round the ramp ends to whole pairs (default True; gpt-oss uses False)
 
 def yarn_mscale(factor: float, m: float = 1.0) -> float:
     return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
@@ -130,8 +139,10 @@ def yarn_inv_freq(inv_freq: torch.Tensor, dim: int, theta: float, s: dict) -> to
     def correction_dim(rotations: float) -> float:  # the pair index that turns `rotations` times in `original`
         return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
-    low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001
     ramp = ((torch.arange(dim // 2, dtype=inv_freq.dtype, device=inv_freq.device) - low) / (high - low)).clamp(0, 1)
@@ -140,7 +151,10 @@ def yarn_inv_freq(inv_freq: torch.Tensor, dim: int, theta: float, s: dict) -> to
 
 
 def yarn_rope_magnitude(s: dict) -> float:
-    """The factor cos/sin are multiplied by: mscale(m) / mscale(m_all) (1 for DeepSeek, where m = m_all)."""
+    """The attention factor cos/sin are multiplied by: `attention_factor` when given, else
+    mscale(m) / mscale(m_all) when both are set (1 for DeepSeek, where m = m_all), else mscale(factor)."""
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
     factor, m, m_all = float(s["factor"]), s.get("mscale"), s.get("mscale_all_dim")
     if m and m_all:
         return yarn_mscale(factor, m) / yarn_mscale(factor, m_all)

@@ -33,7 +33,6 @@ from gator.config import ModelConfig
 from gator.model.attention import attend
 from gator.model.cache import KVCache
 from gator.model.layers import RMSNorm, apply_rope, yarn_mscale
-from gator.model.matmul import Linear
 
 
 def mla_softmax_scale(config: ModelConfig) -> float:
@@ -58,15 +57,15 @@ class MultiHeadLatentAttention(nn.Module):
         self.absorb: bool | None = None  # None: absorbed when decoding from a cache, explicit otherwise
         H, d, qk = config.n_heads, config.d_model, self.dn + self.dr
         if self.q_lora_rank is None:
-            self.wq = Linear(d, H * qk, bias=False)
+            self.wq = nn.Linear(d, H * qk, bias=False)
         else:
-            self.wq_a = Linear(d, self.q_lora_rank, bias=False)  # down-projection of the query
-            self.q_norm = RMSNorm(self.q_lora_rank, config.norm_eps)
-            self.wq_b = Linear(self.q_lora_rank, H * qk, bias=False)
-        self.wkv_a = Linear(d, self.kv_lora_rank + self.dr, bias=False)  # -> [latent ; shared RoPE key]
-        self.kv_norm = RMSNorm(self.kv_lora_rank, config.norm_eps)
-        self.wkv_b = Linear(self.kv_lora_rank, H * (self.dn + self.dv), bias=False)  # latent -> [k_nope ; v]
-        self.wo = Linear(H * self.dv, d, bias=False)
+            self.wq_a = nn.Linear(d, self.q_lora_rank, bias=False)  # down-projection of the query
+            self.q_norm = RMSNorm(self.q_lora_rank, config.mla_norm_eps)  # DeepSeek: 1e-6, not norm_eps
+            self.wq_b = nn.Linear(self.q_lora_rank, H * qk, bias=False)
+        self.wkv_a = nn.Linear(d, self.kv_lora_rank + self.dr, bias=False)  # -> [latent ; shared RoPE key]
+        self.kv_norm = RMSNorm(self.kv_lora_rank, config.mla_norm_eps)
+        self.wkv_b = nn.Linear(self.kv_lora_rank, H * (self.dn + self.dv), bias=False)  # latent -> [k_nope ; v]
+        self.wo = nn.Linear(H * self.dv, d, bias=False)
         self.wo.is_residual_projection = True
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]

@@ -21,10 +21,9 @@ by `save_pretrained` and read by `from_pretrained`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from gator.model.attention import CausalSelfAttention, causal_mask
 from gator.model.cache import KVCache
 from gator.model.depth import MixtureOfDepths
 from gator.model.layers import make_mlp, make_norm, make_rope
-from gator.model.matmul import Linear
 from gator.model.mla import MultiHeadLatentAttention
 from gator.model.moe import MoE
 from gator.model.mtp import MTPModule, mtp_loss
@@ -88,7 +86,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(make_block(config, i) for i in range(config.n_layers))
         self.norm = make_norm(config)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.mtp = (nn.ModuleList(MTPModule(config, Block(config, config.n_layers + k))
@@ -112,18 +110,29 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                last_only: bool = False, positions: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) for token ids (B, T); with targets (B, T), also the mean cross-entropy.
 
         Targets equal to -100 are ignored. With a KV cache the T tokens continue the cached sequence.
         `last_only` computes logits for the last position only (all that sampling needs).
+
+        Packing (several samples in one row, no cache): `segment_ids` (B, T) numbers the samples of each
+        row; a token attends only to earlier tokens of its own segment (a block-diagonal causal mask), and
+        `positions` (B, T) restarts at 0 for each sample, so every sample computes what it would alone.
         """
         B, T = ids.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.context_length and self.config.positions != "none":
-            raise ValueError(f"sequence of {start + T} tokens exceeds the model's context_length "
+        if positions is not None or segment_ids is not None:
+            self._check_packing(ids, cache, positions, segment_ids)
+            if positions is None:
+                positions = torch.arange(T, device=ids.device)
+            end = int(positions.max()) + 1  # one past the last position
+        else:
+            end = cache.end_position(T) if cache is not None else T
+            positions = cache.positions(T) if cache is not None else torch.arange(T, device=ids.device)
+        if end > self.config.context_length and self.config.positions != "none":
+            raise ValueError(f"sequence of {end} tokens exceeds the model's context_length "
                              f"{self.config.context_length}; truncate the input or use a longer-context model")
-        positions = cache.positions(T) if cache is not None else torch.arange(T, device=ids.device)
         x = self.tok_emb(ids)  # (B, T, d_model)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
@@ -131,6 +140,9 @@ class Transformer(nn.Module):
         rope = self.rope_at(positions) if self.rope is not None else None
         if cache is not None:
             mask = cache.attention_mask(T, self.config.sliding_window)
+        elif segment_ids is not None:  # block-diagonal causal: same segment and not in the future
+            same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # (B, 1, T, T)
+            mask = same & causal_mask(T, self.config.sliding_window, ids.device)
         elif self.config.sliding_window is not None and T > self.config.sliding_window:
             mask = causal_mask(T, self.config.sliding_window, ids.device)
         else:
@@ -152,6 +164,21 @@ class Transformer(nn.Module):
             if self.training and (self._aux_modules or self.mtp is not None):
                 loss = self._add_auxiliary_losses(loss, h, ids, targets)
         return logits, loss
+
+    def _check_packing(self, ids: torch.Tensor, cache: KVCache | None, positions: torch.Tensor | None,
+                       segment_ids: torch.Tensor | None) -> None:
+        """Refuse packed inputs the model cannot keep apart (see `forward`)."""
+        if cache is not None:
+            raise ValueError("positions/segment_ids are for full (packed) forwards; a KV cache keeps its own positions")
+        for name, t in (("positions", positions), ("segment_ids", segment_ids)):
+            if t is not None and tuple(t.shape) != tuple(ids.shape):
+                raise ValueError(f"{name} must have the shape of ids {tuple(ids.shape)}, got {tuple(t.shape)}")
+        if segment_ids is not None and self.config.mod_layers:
+            raise ValueError("packed sequences (segment_ids) are not supported with Mixture-of-Depths blocks, whose "
+                             "training top-k and attention span the whole row; train without packing")
+        if segment_ids is not None and self.mtp is not None:
+            raise ValueError("packed sequences (segment_ids) are not supported with multi-token prediction, whose "
+                             "look-ahead would cross sample boundaries; train without packing")
 
     def rope_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin for positions (T,) -> (T, D) each, or (B, T) -> (B, 1, T, D) (broadcast over heads)."""
@@ -202,6 +229,32 @@ class Transformer(nn.Module):
         in the last training forward."""
         return {name: float(m.agreement) for name, m in self.named_modules()
                 if isinstance(m, MixtureOfDepths) and m.agreement is not None}
+
+    @torch.no_grad()
+    def resize_vocab(self, new_size: int) -> Transformer:
+        """Grow the token embedding and the LM head to `new_size` rows, e.g. after a chat template added
+        special tokens to the tokenizer. Each new row starts as the mean of the old rows (a token the model
+        has no opinion about yet), old rows are unchanged, tied weights stay tied. Resize before building
+        the optimizer. Returns the model."""
+        old = self.config.vocab_size
+        if not isinstance(new_size, int) or new_size < old:
+            raise ValueError(f"resize_vocab only grows the vocabulary: new_size must be an int >= {old} (the "
+                             f"current vocab_size), got {new_size!r}")
+        if new_size == old:
+            return self
+
+        def grown(weight: torch.Tensor) -> nn.Parameter:
+            rows = weight.new_empty(new_size, weight.shape[1])
+            rows[:old] = weight
+            rows[old:] = weight.float().mean(0).to(weight.dtype)
+            return nn.Parameter(rows, requires_grad=weight.requires_grad)
+
+        self.tok_emb = nn.Embedding.from_pretrained(grown(self.tok_emb.weight), freeze=False)
+        head = nn.Linear(self.config.d_model, new_size, bias=False, device="meta")
+        head.weight = self.tok_emb.weight if self.config.tie_embeddings else grown(self.lm_head.weight)
+        self.lm_head = head
+        self.config = dataclasses.replace(self.config, vocab_size=new_size)
+        return self
 
     # ------------------------------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -267,13 +320,19 @@ class Transformer(nn.Module):
         return info
 
     # ------------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
-        """Write config.json and model.safetensors (each atomically: temp file, then rename)."""
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write config.json and model.safetensors (each atomically: temp file, then rename), and the
+        tokenizer's files when one is given. `state_dict` replaces the module's own tensors, e.g. the full
+        weights a sharded (FSDP) model gathers on one process."""
         from safetensors.torch import save_file
 
+        state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or self.state_dict()).items()}
+        if any(".lora_A." in k or ".lora_B." in k for k in state):
+            raise ValueError("the model has LoRA adapters: save them with gator.interop.peft.save_adapter, or "
+                             "merge them into the weights first (gator.model.lora.remove_lora)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)
         _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
@@ -340,15 +399,8 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(tmp_path)` into a temp file in the same directory, then rename over `path`,
-    so a crash or a full disk leaves the previous file intact."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    so a crash or a full disk leaves the previous file intact (gator.outputs.atomic_write: the file gets
+    the umask's normal mode, not mkstemp's 0600)."""
+    from gator.outputs import atomic_write
+
+    atomic_write(path, write)

@@ -22,6 +22,7 @@ the first tokens, then the second), so training is deterministic.
 from __future__ import annotations
 
 import heapq
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 import regex
 from tqdm import tqdm
 
+from . import formats
+from .chat import ChatTemplate
 from .corpus import count_pretokens
+from .formats import TokenizerParts, engine_gap
 from .patterns import (
     check_special_tokens,
     cut_finder,
@@ -149,14 +153,17 @@ def train_bpe(source, vocab_size: int, special_tokens=(), pattern: str = "gpt2",
 
 class Tokenizer:
     """A byte-level BPE tokenizer: a vocabulary (id -> bytes), the merges in the order they were learned,
-    special tokens, and the pre-tokenizer pattern (a name: gpt2, gpt4, o200k; or a regex).
+    special tokens, the pre-tokenizer pattern (a name: gpt2, gpt4, o200k; or a regex), and optionally a chat
+    template (see chat.py).
 
     Attributes: `vocab` {id: bytes} (special tokens included), `merges` [(bytes, bytes)], `special_tokens`
-    [str], `special_ids` {str: id}, `pattern` (the regex), and `use_fast`: set it to False to make encode()
-    take the pure-Python path. Special tokens missing from `vocab` get the next free ids."""
+    [str], `special_ids` {str: id}, `pattern` (the regex), `chat_template` (a chat.ChatTemplate or None),
+    and `use_fast`: set it to False to make encode() take the pure-Python path. Special tokens missing from
+    `vocab` get the next free ids."""
 
     def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
-                 special_tokens: list[str] | None = None, pattern: str = "gpt2"):
+                 special_tokens: list[str] | None = None, pattern: str = "gpt2",
+                 chat_template: ChatTemplate | None = None):
         self.pattern = resolve_pattern(pattern)
         self.special_tokens = check_special_tokens(special_tokens)
         self.vocab = {int(i): bytes(token) for i, token in vocab.items()}
@@ -192,8 +199,14 @@ class Tokenizer:
                 i = max(self.vocab) + 1
                 self.vocab[i] = token.encode("utf-8")
             self.special_ids[token] = i
+        if chat_template is not None:
+            unknown = [t for t in (chat_template.start, chat_template.end) if t not in self.special_ids]
+            if unknown:
+                raise ValueError(f"the chat template's markers {unknown} are not special tokens of this tokenizer; "
+                                 "add the template with gator.tokenizer.chat.add_chat_template")
+        self.chat_template = chat_template
         self._regex = regex.compile(self.pattern)
-        self._special_re = special_regex(self.special_tokens)
+        self._special_res: dict[frozenset[str], regex.Pattern | None] = {}  # allowed specials -> their regex
         # When no special token is a prefix of another, any order of trying them finds the same match, so
         # tiktoken may split them off itself.
         self._tiktoken_matches_specials = not any(
@@ -206,9 +219,52 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self.vocab)
 
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest id: the number of rows a model's embedding needs for this tokenizer."""
+        return max(self.vocab) + 1
+
     def __repr__(self) -> str:
+        chat = "" if self.chat_template is None else f", chat_template={self.chat_template}"
         return (f"Tokenizer(vocab_size={len(self.vocab)}, merges={len(self.merges)}, "
-                f"special_tokens={self.special_tokens}, pattern={pattern_name(self.pattern)!r})")
+                f"special_tokens={self.special_tokens}, pattern={pattern_name(self.pattern)!r}{chat})")
+
+    # -- which special tokens the text may contain (tiktoken's rules) -----------------------------------
+
+    def _specials(self, names, what: str) -> frozenset[str]:
+        if names == "all":
+            return frozenset(self.special_tokens)
+        if isinstance(names, str):
+            raise ValueError(f"{what} must be 'all' or a set of special tokens, e.g. {{{names!r}}}, not one string")
+        names = frozenset(names)
+        unknown = sorted(names - set(self.special_ids))
+        if unknown:
+            raise ValueError(f"{what} names {unknown}, which this tokenizer does not have as special tokens "
+                             f"(it has {self.special_tokens})")
+        return names
+
+    def _prepare(self, text: str, allowed_special, disallowed_special) -> tuple[str, frozenset[str]]:
+        """The text to encode (lone surrogates fixed) and the special tokens to match in it; ValueError when the
+        text contains a disallowed special token."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode takes a str, got {type(text).__name__}")
+        allowed = self._specials(allowed_special, "allowed_special")
+        disallowed = (frozenset(self.special_tokens) - allowed if disallowed_special == "all"
+                      else self._specials(disallowed_special, "disallowed_special"))
+        text = fix_surrogates(text)
+        if disallowed:
+            found = self._special_regex(disallowed).search(text)
+            if found:
+                raise ValueError(
+                    f"the text contains the special token {found.group()!r}. To encode it as that special token, "
+                    f"pass allowed_special={{{found.group()!r}}} (or 'all'); to encode it as ordinary text, pass "
+                    "disallowed_special=() or use encode_ordinary, which is what text from users needs")
+        return text, allowed
+
+    def _special_regex(self, tokens: frozenset[str]) -> regex.Pattern | None:
+        if tokens not in self._special_res:
+            self._special_res[tokens] = special_regex([t for t in self.special_tokens if t in tokens])
+        return self._special_res[tokens]
 
     # -- encoding: the reference pure-Python path ------------------------------------------------------
 
@@ -231,13 +287,17 @@ class Tokenizer:
             ids = out
         return ids
 
-    def encode_python(self, text: str) -> list[int]:
-        """Encode with the reference pure-Python path: special tokens, then regex pieces, then merges."""
+    def encode_python(self, text: str, *, allowed_special=(), disallowed_special="all") -> list[int]:
+        """`encode` by the reference pure-Python path: allowed special tokens, then regex pieces, then merges."""
+        text, allowed = self._prepare(text, allowed_special, disallowed_special)
+        return self._encode_python(text, allowed)
+
+    def _encode_python(self, text: str, allowed: frozenset[str]) -> list[int]:
         ids: list[int] = []
         cache = self._cache
         if len(cache) > 500_000:
             cache.clear()
-        for part, is_special in split_on_special(text, self._special_re):
+        for part, is_special in split_on_special(text, self._special_regex(allowed)):
             if is_special:
                 ids.append(self.special_ids[part])
                 continue
@@ -253,10 +313,8 @@ class Tokenizer:
     def fast_encoder(self):
         """The tiktoken Encoding used by encode(), built on first use; None if this vocabulary has none."""
         if self._fast is None and self.fast_path_problem is None:
-            from .formats import to_tiktoken
-
             try:
-                self._fast = to_tiktoken(self)
+                self._fast = self.to_tiktoken()
             except ValueError as err:
                 self.fast_path_problem = str(err)
         return self._fast
@@ -265,52 +323,74 @@ class Tokenizer:
         """True unless the text has a character that tiktoken's regex engine classifies differently."""
         if text.isascii():
             return True
-        from .formats import engine_gap
-
         gap = engine_gap(self.pattern)
         return not gap or set(text).isdisjoint(gap)
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> token ids. Special tokens in the text are matched (longest first) and kept whole."""
+    def encode(self, text: str, *, allowed_special=(), disallowed_special="all") -> list[int]:
+        """Text -> token ids, with tiktoken's rules for special-token text: a special token in
+        `allowed_special` (a set, or "all") becomes its id (longest match first); one in `disallowed_special`
+        (default: every special token not allowed) makes encode raise ValueError; any other is ordinary text.
+        So by default text that spells a special token is an error, never a control token: pass
+        allowed_special="all" for trusted text with markers, and use `encode_ordinary` for text from users.
+        Lone surrogates become U+FFFD and surrogate pairs their character, as in tiktoken."""
+        text, allowed = self._prepare(text, allowed_special, disallowed_special)
+        return self._encode(text, allowed)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> token ids with special-token text encoded as ordinary text (tiktoken's encode_ordinary)."""
+        return self.encode(text, disallowed_special=())
+
+    def _encode(self, text: str, allowed: frozenset[str]) -> list[int]:
         fast = self.fast_encoder() if self.use_fast else None
         if fast is None or not self._fast_agrees(text):
-            return self.encode_python(text)
-        if self._special_re is None:
+            return self._encode_python(text, allowed)
+        if not allowed:
             return fast.encode_ordinary(text)
         if self._tiktoken_matches_specials:
-            return fast.encode(text, allowed_special="all")
+            return fast.encode(text, allowed_special=allowed, disallowed_special=())
         ids: list[int] = []  # tiktoken's order among special tokens is not longest-first: split here
-        for part, is_special in split_on_special(text, self._special_re):
+        for part, is_special in split_on_special(text, self._special_regex(allowed)):
             if is_special:
                 ids.append(self.special_ids[part])
             else:
                 ids.extend(fast.encode_ordinary(part))
         return ids
 
-    def encode_batch(self, texts: Iterable[str], num_threads: int = 8) -> list[list[int]]:
+    def encode_batch(self, texts: Iterable[str], num_threads: int = 8, *, allowed_special=(),
+                     disallowed_special="all") -> list[list[int]]:
         """Encode many texts; on the fast path, threads run tiktoken in parallel (it releases the GIL)."""
         texts = list(texts)
-        if len(texts) < 2 or not self.use_fast or self.fast_encoder() is None:
-            return [self.encode(text) for text in texts]
-        with ThreadPoolExecutor(num_threads) as pool:
-            return list(pool.map(self.encode, texts))
 
-    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        def encode(text: str) -> list[int]:
+            return self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+
+        if len(texts) < 2 or not self.use_fast or self.fast_encoder() is None:
+            return [encode(text) for text in texts]
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(encode, texts))
+
+    def encode_iterable(self, iterable: Iterable[str], *, allowed_special=(),
+                        disallowed_special="all") -> Iterator[int]:
         """Lazily encode the concatenation of `iterable` (e.g. an open file): same ids as encoding the whole
         text, in memory that does not grow with its length. Text is encoded up to the last position where
         it may safely be cut (see patterns.cut_finder); the rest waits for more text. (With a custom regex
-        and no special tokens in the text there is no safe cut, and the whole text is held.)"""
-        finder = cut_finder(self.pattern, self.special_tokens)
+        and no allowed special tokens in the text there is no safe cut, and the whole text is held.)"""
+        allowed = self._specials(allowed_special, "allowed_special")
+        checked = frozenset(self.special_tokens) if disallowed_special == "all" else (
+            allowed | self._specials(disallowed_special, "disallowed_special"))
+        finder = cut_finder(self.pattern, [t for t in self.special_tokens if t in checked],
+                            cut_before=[t for t in self.special_tokens if t in allowed])
         buffer = ""
         for text in iterable:
             buffer += text
             if len(buffer) >= _STREAM_CHARS:
                 cut = last_cut(buffer, finder)
                 if cut:
-                    yield from self.encode(buffer[:cut])
+                    yield from self.encode(buffer[:cut], allowed_special=allowed,
+                                           disallowed_special=disallowed_special)
                     buffer = buffer[cut:]
         if buffer:
-            yield from self.encode(buffer)
+            yield from self.encode(buffer, allowed_special=allowed, disallowed_special=disallowed_special)
 
     # -- decoding ------------------------------------------------------------------------------------
 
@@ -329,37 +409,51 @@ class Tokenizer:
         """Token ids -> text; bytes that are not valid UTF-8 become the replacement character U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    # -- files: see formats.py ---------------------------------------------------------------------------
+    # -- files (the formats themselves are in formats.py, which does not know this class) ----------------
+
+    def parts(self) -> TokenizerParts:
+        """What the file formats store: vocabulary, merges, special tokens, pattern, chat template."""
+        return TokenizerParts(self.vocab, self.merges, self.special_tokens, self.pattern, self.chat_template)
+
+    @classmethod
+    def from_parts(cls, parts: TokenizerParts) -> Tokenizer:
+        return cls(parts.vocab, parts.merges, parts.special_tokens, parts.pattern, parts.chat_template)
 
     def save(self, directory) -> None:
         """Write this tokenizer in gator's own format (tokenizer.gator.json in `directory`)."""
-        from .formats import save
-
-        save(self, directory)
+        formats.write_gator(self.parts(), directory)
 
     @classmethod
-    def load(cls, directory) -> Tokenizer:
-        """Read a tokenizer written by `save` (a directory, or the tokenizer.gator.json file itself)."""
-        from .formats import load
-
-        return load(directory)
+    def load(cls, path) -> Tokenizer:
+        """THE way to read a tokenizer: a directory saved by `save` (or its tokenizer.gator.json), a directory
+        with GPT-2's vocab.json + merges.txt, or a Hugging Face tokenizer.json (or its directory)."""
+        parts = formats.read_any(path)
+        try:
+            return cls.from_parts(parts)
+        except ValueError as err:
+            raise ValueError(f"{parts.source} is corrupt: {err}; {formats.GATOR_FIX}") from None
 
     @classmethod
     def from_gpt2_files(cls, vocab_json, merges_txt, special_tokens: list[str] | None = None) -> Tokenizer:
         """Read GPT-2's encoder.json/vocab.json and vocab.bpe/merges.txt."""
-        from .formats import from_gpt2_files
-
-        return from_gpt2_files(vocab_json, merges_txt, special_tokens)
+        return cls.from_parts(formats.read_gpt2(vocab_json, merges_txt, special_tokens))
 
     def to_tiktoken(self):
         """A tiktoken.Encoding with the same vocabulary, merges and special tokens."""
-        from .formats import to_tiktoken
-
-        return to_tiktoken(self)
+        return formats.to_tiktoken(self.vocab, self.merges, self.special_ids, self.pattern)
 
     def save_hf(self, directory) -> None:
-        """Write a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) to `directory`."""
-        from .formats import save_hf
+        """Write a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) to `directory`; a chat
+        template goes into tokenizer_config.json as Jinja."""
+        formats.write_hf(self.parts(), directory)
 
-        save_hf(self, directory)
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def fix_surrogates(text: str) -> str:
+    """What tiktoken does with text that is not valid Unicode: a surrogate pair (two UTF-16 halves, as a
+    JSON "\\ud83d\\ude00" escape produces) becomes its character, a lone surrogate U+FFFD."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

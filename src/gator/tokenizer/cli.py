@@ -7,7 +7,9 @@
     gator tokenizer stats  --tokenizer tok/ --input corpus.txt   # bytes per token, vocabulary usage
 
 `--tokenizer` takes a directory saved by gator, a directory with GPT-2's vocab.json and merges.txt, or a
-Hugging Face tokenizer.json (or its directory).
+Hugging Face tokenizer.json (or its directory): anything `Tokenizer.load` reads. `encode`, `show` and
+`stats` treat special-token text ("<|endoftext|>") as the special token, as training does; `--ordinary`
+encodes it as plain text instead (how a chat template encodes what users type).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
-from .bpe import train_bpe
+from gator.cli_args import add_field, add_force, add_out, add_progress, non_negative_int, positive_int
+
+from .bpe import Tokenizer, train_bpe
 from .corpus import read_text_file
-from .formats import open_tokenizer
 
 RATIO_SAMPLE_BYTES = 16 << 20  # the compression ratio after training is measured on at most this much
 _COLOURS = [153, 180, 151, 217, 187, 182]  # pastel 256-colour backgrounds, cycled token by token
@@ -32,16 +35,20 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
 
     train = sub.add_parser("train", help="learn a BPE vocabulary from text files")
-    train.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text file(s)")
-    train.add_argument("--vocab-size", type=int, required=True, metavar="N",
+    train.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                       help="UTF-8 text files, JSONL files (their --field of each record) or folders of them")
+    add_field(train)
+    train.add_argument("--vocab-size", type=positive_int, required=True, metavar="N",
                        help="total vocabulary: 256 bytes + special tokens + merges")
     train.add_argument("--special", nargs="+", action="extend", default=[], metavar="TOKEN",
                        help="special tokens, e.g. '<|endoftext|>' (never split, never merged)")
     train.add_argument("--pattern", default="gpt2", help="pre-tokenizer: gpt2, gpt4, o200k, or a regex")
-    train.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer in")
+    add_out(train, "folder to save the tokenizer in")
+    add_force(train, "a tokenizer already in --out (the folder is replaced as a whole)")
     train.add_argument("--hf", action="store_true", help="also write a Hugging Face tokenizer.json to DIR")
-    train.add_argument("--workers", type=int, default=None, help="processes for pre-tokenizing (default: all)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--workers", type=non_negative_int, default=None,
+                       help="processes for pre-tokenizing (default: all cores; 0 or 1: this process)")
+    add_progress(train)
     train.set_defaults(func=cmd_train)
 
     for name, helptext, func in [("encode", "text -> token ids", cmd_encode),
@@ -50,6 +57,8 @@ def register(subparsers) -> None:
         p.add_argument("--tokenizer", "-t", required=True, metavar="PATH", help="saved tokenizer")
         p.add_argument("text", nargs="?", help="the text (or use --input)")
         p.add_argument("--input", metavar="FILE", help="read the text from a UTF-8 file ('-' for stdin)")
+        p.add_argument("--ordinary", action="store_true",
+                       help="encode special-token text as ordinary text (default: as the special token)")
         p.set_defaults(func=func)
     show = sub.choices["show"]
     show.add_argument("--color", choices=["auto", "always", "never"], default="auto",
@@ -63,17 +72,37 @@ def register(subparsers) -> None:
 
     stats = sub.add_parser("stats", help="bytes per token and vocabulary usage on some text")
     stats.add_argument("--tokenizer", "-t", required=True, metavar="PATH", help="saved tokenizer")
-    stats.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text file(s)")
-    stats.add_argument("--top", type=int, default=10, help="show the N most frequent tokens")
+    stats.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                       help="UTF-8 text files, JSONL files (their --field of each record) or folders of them")
+    add_field(stats)
+    stats.add_argument("--top", type=non_negative_int, default=10, help="show the N most frequent tokens")
     stats.set_defaults(func=cmd_stats)
 
 
-def _input_files(names: list[str]) -> list[Path]:
+def _input_files(names: list[str], folders: bool = False) -> list[Path]:
     paths = [Path(name) for name in names]
     for path in paths:
-        if not path.is_file():
+        if not (path.is_file() or (folders and path.is_dir())):
             raise FileNotFoundError(f"no such file: {path}; check the --input path")
     return paths
+
+
+def _corpus(paths: list[Path], field: str):
+    """What training reads, the same way `gator prepare` and the demo read it: a plain text file as it is
+    (streamed from disk), a JSONL file as the `field` of each record, a folder as its files (gator.data)."""
+    from gator.data.sources import iter_documents
+
+    for path in paths:
+        if path.is_file() and path.suffix != ".jsonl":
+            yield path
+        else:
+            yield from iter_documents(path, field=field, doc_chars=None)
+
+
+def _corpus_blocks(paths: list[Path], field: str):
+    """The corpus as blocks of text (for measuring): a text file in 1 MiB blocks, a JSONL record at a time."""
+    for item in _corpus(paths, field):
+        yield from (read_text_file(item) if isinstance(item, Path) else [item])
 
 
 def _read_text(args) -> str:
@@ -86,18 +115,33 @@ def _read_text(args) -> str:
     return args.text
 
 
+TOKENIZER_FILES = ("tokenizer.gator.json", "tokenizer.json", "tokenizer_config.json", ".*.tmp")
+
+
 def cmd_train(args) -> int:
-    paths = _input_files(args.input)
+    from gator.outputs import output_dir, replace_dir
+
+    paths = _input_files(args.input, folders=True)
+    # before training (minutes, perhaps): refuse to replace a tokenizer (shards made with it would no longer
+    # match), and make sure --out can be written
+    output_dir(args.out, earlier_work=TOKENIZER_FILES, force=args.force, what="a tokenizer", create=False)
+    plain = all(p.is_file() and p.suffix != ".jsonl" for p in paths)
     start = time.perf_counter()
-    tok = train_bpe(paths, args.vocab_size, args.special, args.pattern, progress=not args.quiet,
-                    workers=args.workers)
+    tok = train_bpe(paths if plain else _corpus(paths, args.field), args.vocab_size, args.special, args.pattern,
+                    progress=args.progress, workers=args.workers)
     seconds = time.perf_counter() - start
-    tok.save(args.out)
-    if args.hf:
-        tok.save_hf(args.out)
+
+    def save(directory: Path) -> None:
+        tok.save(directory)
+        if args.hf:
+            tok.save_hf(directory)
+
+    replace_dir(args.out, save, replaceable=TOKENIZER_FILES)  # --force: no file of the old tokenizer stays
     totals = [0, 0]  # bytes, characters
-    n_tokens = sum(1 for _ in tok.encode_iterable(_read_blocks(paths, totals, RATIO_SAMPLE_BYTES)))
-    n_bytes, total = totals[0], sum(p.stat().st_size for p in paths)
+    blocks = _read_blocks(_corpus_blocks(paths, args.field), totals, RATIO_SAMPLE_BYTES)
+    n_tokens = sum(1 for _ in tok.encode_iterable(blocks, allowed_special="all"))
+    n_bytes = totals[0]
+    total = sum(p.stat().st_size for p in paths) if plain else n_bytes
     sample = "" if n_bytes >= total else f" (measured on the first {n_bytes / 1e6:.0f} MB)"
     print(f"trained {len(tok)} tokens ({len(tok.merges)} merges, {len(tok.special_tokens)} special) "
           f"on {total / 1e6:.2f} MB in {seconds:.2f} s")
@@ -106,25 +150,29 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _read_blocks(paths: list[Path], totals: list[int], limit: float = float("inf")):
-    """The files' text in blocks, as one stream, until about `limit` bytes; totals += [bytes, characters]."""
-    for path in paths:
-        for block in read_text_file(path):
-            if totals[0] >= limit:
-                return
-            totals[0] += len(block.encode("utf-8"))
-            totals[1] += len(block)
-            yield block
+def _read_blocks(blocks, totals: list[int], limit: float = float("inf")):
+    """Blocks of text, as one stream, until about `limit` bytes; totals += [bytes, characters]."""
+    for block in blocks:
+        if totals[0] >= limit:
+            return
+        totals[0] += len(block.encode("utf-8"))
+        totals[1] += len(block)
+        yield block
+
+
+def _encode(tok: Tokenizer, args) -> list[int]:
+    text = _read_text(args)
+    return tok.encode_ordinary(text) if args.ordinary else tok.encode(text, allowed_special="all")
 
 
 def cmd_encode(args) -> int:
-    tok = open_tokenizer(args.tokenizer)
-    print(" ".join(map(str, tok.encode(_read_text(args)))))
+    tok = Tokenizer.load(args.tokenizer)
+    print(" ".join(map(str, _encode(tok, args))))
     return 0
 
 
 def cmd_decode(args) -> int:
-    tok = open_tokenizer(args.tokenizer)
+    tok = Tokenizer.load(args.tokenizer)
     words = args.ids or sys.stdin.read().split()
     try:
         ids = [int(word) for word in words]
@@ -144,8 +192,8 @@ def render_token(token: bytes) -> str:
 
 
 def cmd_show(args) -> int:
-    tok = open_tokenizer(args.tokenizer)
-    ids = tok.encode(_read_text(args))
+    tok = Tokenizer.load(args.tokenizer)
+    ids = _encode(tok, args)
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     pieces = []
     for n, i in enumerate(ids):
@@ -162,11 +210,11 @@ def cmd_show(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    tok = open_tokenizer(args.tokenizer)
-    paths = _input_files(args.input)
+    tok = Tokenizer.load(args.tokenizer)
+    paths = _input_files(args.input, folders=True)
     counts: Counter = Counter()
     totals = [0, 0]  # bytes, characters
-    counts.update(tok.encode_iterable(_read_blocks(paths, totals)))
+    counts.update(tok.encode_iterable(_read_blocks(_corpus_blocks(paths, args.field), totals), allowed_special="all"))
     n_bytes, n_chars = totals
     n_tokens = sum(counts.values())
     if n_tokens == 0:

@@ -80,6 +80,9 @@ def check_special_tokens(special_tokens) -> list[str]:
         if not isinstance(token, str) or not token:
             raise ValueError(f"special token {token!r} is empty or not a string; give non-empty strings "
                              "such as '<|endoftext|>'")
+        if any("\ud800" <= ch <= "\udfff" for ch in token):
+            raise ValueError(f"special token {token!r} contains a lone surrogate, which is not text; give valid "
+                             "Unicode")
     repeated = sorted({t for t in tokens if tokens.count(t) > 1})
     if repeated:
         raise ValueError(f"special token(s) {repeated} given more than once; list each special token once")
@@ -129,12 +132,15 @@ _NEWLINE_CUT = r"(?<=\S\n)(?=[\p{L}\p{N}])"
 _SPACE_CUT = r"(?<=\p{L})(?= \p{L})"
 
 
-def cut_finder(pattern: str, special_tokens: list[str]) -> regex.Pattern | None:
-    """A regex whose (empty) matches are the positions where text may be cut, or None if there are none."""
+def cut_finder(pattern: str, special_tokens: list[str], cut_before: list[str] | None = None) -> regex.Pattern | None:
+    """A regex whose (empty) matches are the positions where text may be cut, or None if there are none.
+    `special_tokens` are those looked for in the text (split off, or checked for); rule 1 cuts only before
+    those in `cut_before` (default: all of them), the ones that are split off."""
     alternatives = []
-    firsts = {t[0] for t in special_tokens}
-    if special_tokens and not any(ch in firsts for t in special_tokens for ch in t[1:]):
-        alternatives.append("(?=" + "|".join(regex.escape(t) for t in special_tokens) + ")")
+    cut_before = special_tokens if cut_before is None else cut_before
+    firsts = {t[0] for t in cut_before}
+    if cut_before and not any(ch in firsts for t in special_tokens for ch in t[1:]):
+        alternatives.append("(?=" + "|".join(regex.escape(t) for t in cut_before) + ")")
     if pattern in PATTERNS.values():
         if not any("\n" in t for t in special_tokens):
             alternatives.append(_NEWLINE_CUT)

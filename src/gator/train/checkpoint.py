@@ -1,13 +1,14 @@
 """Checkpoints that survive crashes: write everything into a temporary folder, then swap it in.
 
-A run folder holds two model folders, each in the layout of `Transformer.save_pretrained` (config.json,
+A run folder holds two model folders, each written by `Transformer.save_pretrained` (config.json,
 model.safetensors, tokenizer files), so `gator sample` and `Transformer.from_pretrained` read them:
 
     checkpoint/   the latest state, plus training_state.pt (optimizer, step, data position, RNG states)
     best/         the weights with the lowest validation loss so far
 
-Writing `checkpoint/` goes to `.checkpoint.tmp/` first; only when every file is complete and flushed
-is the old folder renamed away and the new one renamed into place. A full disk or a crash while
+Writing `checkpoint/` goes to `.checkpoint.tmp/` first (the model files through `save_pretrained`, which
+writes each file atomically); only when every file is complete and flushed is the old folder renamed
+away and the new one renamed into place. A full disk or a crash while
 writing therefore leaves the previous checkpoint as it was. (Between the two renames the previous one
 is briefly `.checkpoint.old/`; `checkpoint_dir` finds it there if a crash hit exactly then.)
 
@@ -16,64 +17,52 @@ The training state is loaded with `torch.load(weights_only=True)`: tensors, numb
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from gator.config import ModelConfig
+from gator.errors import CheckpointError
+from gator.model.transformer import CONFIG_NAME
 
 STATE_NAME = "training_state.pt"
-
-
-class CheckpointError(OSError):
-    """Writing a checkpoint failed; the previous checkpoint is untouched."""
 
 
 def checkpoint_dir(run_dir: str | Path, name: str = "checkpoint") -> Path | None:
     """The folder of checkpoint `name` in a run folder, or None if there is none."""
     run_dir = Path(run_dir)
     for candidate in (run_dir / name, run_dir / f".{name}.old"):
-        if (candidate / "config.json").is_file():
+        if (candidate / CONFIG_NAME).is_file():
             return candidate
     return None
 
 
-def save_model_files(directory: Path, config: ModelConfig, state: dict[str, torch.Tensor],
-                     tokenizer: Any = None) -> None:
-    """config.json + model.safetensors (+ tokenizer), the layout of `Transformer.save_pretrained`, from a
-    state dict (what a sharded FSDP model gives when gathered on rank 0)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    if config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save(directory)
-
-
-def save_checkpoint(run_dir: str | Path, name: str, config: ModelConfig, model_state: dict[str, torch.Tensor],
+def save_checkpoint(run_dir: str | Path, name: str, model: Any, model_state: dict[str, torch.Tensor],
                     tokenizer: Any = None, training_state: dict[str, Any] | None = None) -> Path:
-    """Atomically (re)place run_dir/name with the model files and, if given, the training state."""
+    """Atomically (re)place run_dir/name with `model.save_pretrained(..., state_dict=model_state)` (the full
+    state, which a sharded FSDP model gathers on rank 0) and, if given, the training state."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / name, run_dir / f".{name}.tmp", run_dir / f".{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        save_model_files(tmp, config, model_state, tokenizer)
+        model.save_pretrained(tmp, tokenizer, state_dict=model_state)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_NAME)
-        for f in tmp.iterdir():
+        for f in tmp.iterdir():  # the tokenizer's and the training state's files too, before the swap
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    except OSError as err:
+    except Exception as err:  # an OSError, or safetensors' SafetensorError wrapping one (a full disk)
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = err.strerror or str(err)
-        raise CheckpointError(err.errno, f"could not write the checkpoint to {final} ({reason}); the previous "
+        reason = getattr(err, "strerror", None) or str(err)
+        if "No space left" in reason or "StorageFull" in reason:
+            reason = "No space left on device"
+        raise CheckpointError(getattr(err, "errno", None) or errno.EIO,
+                              f"could not write the checkpoint to {final} ({reason}); the previous "
                               "checkpoint there is unchanged. Free some disk space and resume with --resume"
                               ) from err
     shutil.rmtree(old, ignore_errors=True)
@@ -117,7 +106,7 @@ def check_same_shape(saved: ModelConfig, built: ModelConfig, where: Path) -> Non
 def resolve_model_dir(path: str | Path) -> Path:
     """A model folder from a model folder or a run folder (its best/, else its checkpoint/)."""
     path = Path(path)
-    if (path / "config.json").is_file():
+    if (path / CONFIG_NAME).is_file():
         return path
     for name in ("best", "checkpoint"):
         found = checkpoint_dir(path, name)

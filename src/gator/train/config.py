@@ -5,6 +5,15 @@ model is a preset name plus field overrides (`model_config:`). `gator pretrain -
 `recipes/demo.yaml`; a path to a `.yaml` file works too. Overrides are `key=value` strings (values in
 YAML syntax, dotted keys reach into `model_config`), so the command line can change anything a recipe
 sets. An unknown key is an error that names the key, where it came from, and the closest known key.
+
+Where the best settings differ by machine, a recipe says so in a `per_dtype:` section: settings for
+each dtype a run can compute in (bf16, fp16, fp32), merged over the recipe's other settings for the
+dtype this run resolves to (`dtype: auto` is the device's fast dtype, decided by gator.runtime: fp32 on
+a CPU without native bf16). Command-line overrides still come last. E.g. in recipes/demo.yaml:
+
+    per_dtype:
+      bf16: {optimizer: muon}     # Muon's Newton-Schulz iteration runs in fast bf16
+      fp32: {optimizer: adamw}    # ... which an AVX2-only CPU would run in fp32
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from typing import Any
 import yaml
 
 REPO_RECIPES = Path(__file__).resolve().parents[3] / "recipes"  # <repo>/recipes (src layout)
+PER_DTYPE = "per_dtype"  # recipe section: settings per compute dtype (see above)
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
 
 
 def recipe_dirs() -> list[Path]:
@@ -29,12 +40,14 @@ def recipe_dirs() -> list[Path]:
 @dataclass
 class TrainConfig:
     # --- data and output ---
-    data: str = ""  # a shard folder made by `gator prepare`
+    data: str = ""  # a shard folder made by `gator prepare` (finetune: a JSONL file of samples)
     tokenizer: str | None = None  # tokenizer folder; None = the one recorded in the shard manifest
     out_dir: str = "runs/pretrain"  # run folder: checkpoint/, best/, metrics.jsonl, loss.png
-    # --- model: a preset from gator.config.PRESETS plus field overrides (vocab_size comes from the data) ---
+    # --- model: a preset from gator.config.PRESETS plus field overrides (vocab_size comes from the data),
+    # or the weights and config of an existing model (init_from; model_config may only restate its values) ---
     model: str = "gatorgpt"
     model_config: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # a model folder (or run folder) to start from instead of a fresh model
     # --- batch: global batch in tokens = seq_len * micro_batch * accumulation steps * processes ---
     seq_len: int | None = None  # None = the model's context_length
     micro_batch: int = 8  # sequences per forward/backward in each process
@@ -69,7 +82,18 @@ class TrainConfig:
     peak_flops: float | None = None  # for the MFU estimate; None = known GPU table or a measured matmul
     seed: int = 0
     resume: bool = False  # continue from out_dir/checkpoint
+    force: bool = False  # start over in an out_dir that holds a run (else that is refused: resume or force)
     progress: bool = True
+    # --- fine-tuning (`gator finetune`, gator/train/objectives/sft.py): data is then a JSONL file ---
+    val_fraction: float = 0.05  # share of the samples held out for the validation loss
+    packing: bool = False  # several short samples per row, each attending only to itself
+    skip_bad_lines: bool = False  # leave malformed JSONL lines out (counted and reported) instead of stopping
+    lora: bool = False  # train LoRA adapters only (Hu et al., 2021); see gator/train/lora.py
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None  # e.g. [q, k, v, o, gate, up, down]; None = every projection
+    lora_rslora: bool = False  # scale by alpha / sqrt(rank) instead of alpha / rank
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +120,9 @@ class TrainConfig:
         need(0 < self.decay_fraction <= 1, "decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
         need(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
         need(isinstance(self.model_config, dict), "model_config", "must be a mapping of ModelConfig fields")
+        need(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        need(self.lora_targets is None or isinstance(self.lora_targets, list), "lora_targets",
+             f"must be a list such as [q, k, v, o], got {self.lora_targets!r}")
         if self.max_time is not None:
             parse_duration(self.max_time)
 
@@ -136,10 +163,24 @@ def find_recipe(name: str | Path) -> Path:
 
 def load_recipe(name: str | Path) -> dict[str, Any]:
     path = find_recipe(name)
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ValueError(f"recipe {path} is not valid YAML{at} ({getattr(err, 'problem', None) or err}); "
+                         "write one `key: value` per line") from None
     if not isinstance(data, dict):
         raise ValueError(f"recipe {path} must be a mapping of key: value lines")
-    _check_keys(data, f"recipe {path}")
+    section = data.get(PER_DTYPE)
+    if section is not None:
+        if not (isinstance(section, dict) and set(section) <= set(DTYPE_NAMES)
+                and all(isinstance(v, dict) for v in section.values())):
+            raise ValueError(f"recipe {path}: {PER_DTYPE} must map bf16, fp16 or fp32 to settings, e.g. "
+                             f"`{PER_DTYPE}: {{fp32: {{optimizer: adamw}}}}`")
+        for name, settings in section.items():
+            _check_keys(settings, f"recipe {path}, {PER_DTYPE}.{name}")
+    _check_keys({k: v for k, v in data.items() if k != PER_DTYPE}, f"recipe {path}")
     return data
 
 
@@ -150,7 +191,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        parsed = yaml.safe_load(value) if value.strip() else None
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: cannot read {value!r} as a value; quote text, e.g. "
+                             f"{key}='{value}'") from None
         target = out
         *parents, last = key.strip().split(".")
         for p in parents:
@@ -164,10 +209,28 @@ def make_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
     overrides = dict(overrides or {})
     _check_keys(overrides, "override")
+    section = values.pop(PER_DTYPE, None)
+    if section:
+        chosen = section.get(compute_dtype_name({**values, **overrides}), {})
+        values.update({k: v for k, v in chosen.items() if k != "model_config"})
+        values["model_config"] = {**(values.get("model_config") or {}), **(chosen.get("model_config") or {})}
     model_over = overrides.pop("model_config", None) or {}
     values.update(overrides)
     values["model_config"] = {**(values.get("model_config") or {}), **model_over}
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def compute_dtype_name(values: dict[str, Any]) -> str:
+    """"bf16", "fp16" or "fp32": the dtype a run with these settings computes in (its `dtype`, where "auto"
+    is the fast dtype of its `device` by gator.runtime's policy)."""
+    import torch
+
+    from gator.runtime import resolve_dtype
+    from gator.train.distributed import pick_device
+
+    device = pick_device(values.get("device", TrainConfig.device))
+    dtype = resolve_dtype(values.get("dtype", TrainConfig.dtype), device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def _check_keys(values: dict[str, Any], where: str) -> None:

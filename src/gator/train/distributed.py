@@ -47,9 +47,13 @@ class Env:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but this PyTorch sees no GPU; use device=cpu")
+        raise ValueError(f"device {name!r} was asked for, but this PyTorch sees no GPU; use --device cpu "
+                         "(device=cpu in a recipe)")
     return device
 
 

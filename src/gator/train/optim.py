@@ -29,6 +29,8 @@ import math
 import torch
 from torch import nn
 
+from gator.runtime import fast_dtype
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: parameters with 2+ dimensions (decayed) and the rest (not decayed)."""
@@ -97,13 +99,15 @@ def muon_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": adam_no_decay, "weight_decay": 0.0, "use_muon": False}]
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately U V^T for g = U S V^T (the last two dims; leading dims are a batch), by the quintic
     Newton-Schulz iteration X <- a X + (b A + c A^2) X, A = X X^T. Its coefficients (from Keller Jordan's
     Muon) push every singular value of the normalised X quickly into roughly [0.7, 1.2], which is all the
-    update needs; exact convergence to 1 would need many more steps."""
+    update needs; exact convergence to 1 would need many more steps. The iteration runs in `dtype`, by
+    default the device's fast matmul dtype (`gator.runtime.fast_dtype`: bf16 where it is native, else
+    fp32); its low precision is harmless at this accuracy."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(dtype)
+    x = g.to(dtype or fast_dtype(g.device))
     wide = x.size(-2) <= x.size(-1)
     if not wide:  # work on the side with fewer rows: A is then the smaller square
         x = x.mT

@@ -1,0 +1,291 @@
+"""LoRA: low-rank adaptation of a frozen model (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large
+Language Models", arXiv:2106.09685).
+
+A pretrained weight W (out, in) stays frozen; fine-tuning learns only a low-rank update of it:
+
+    h = W x + s * B A x        A: (r, in), B: (out, r), r << min(in, out)
+    s = alpha / r              (rsLoRA, Kalajdzievski 2023: s = alpha / sqrt(r))
+
+A starts Kaiming-uniform (as PEFT initialises it) and B starts at zero, so the adapted model is exactly
+the pretrained one at step 0 and training moves away from it smoothly. Dropout, when used, applies to
+the adapter's input only. After training, W + s B A can be merged into the weight (no extra cost at
+inference) and unmerged again.
+
+Gator fuses projections: attention computes Q, K and V with one `qkv` Linear and SwiGLU computes gate
+and up with one `gate_up` Linear. Transformers (and so PEFT) keep q_proj, k_proj, v_proj, gate_proj and
+up_proj separate, each with its own adapter. `LoRALinear` therefore holds one (A, B) pair per adapted
+*slice* of the fused output rows, which computes exactly what PEFT's separate adapters compute (each
+slice even draws its own dropout mask, as PEFT's separate layers do). GPT-2 fuses Q, K and V too
+(`c_attn`) and PEFT adapts that as one module: the target "qkv" is one adapter over the whole matrix.
+
+Targets, by the transformers names they correspond to:
+
+    q, k, v   q_proj, k_proj, v_proj (slices of attn.qkv)   qkv    GPT-2's c_attn (all of attn.qkv)
+    o         o_proj / GPT-2's attn.c_proj                  gate   gate_proj (slice of mlp.gate_up)
+    up        up_proj (slice of mlp.gate_up) / GPT-2's c_fc down   down_proj / GPT-2's mlp.c_proj
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gator.config import ModelConfig
+from gator.model.attention import CausalSelfAttention
+from gator.model.depth import MixtureOfDepths
+from gator.model.layers import GeluMLP, SwiGLU
+
+TARGETS = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
+
+
+def default_targets(config: ModelConfig) -> tuple[str, ...]:
+    """Every projection of the blocks, as PEFT can express it for this architecture."""
+    if config.mlp == "swiglu":
+        return ("q", "k", "v", "o", "gate", "up", "down")
+    return ("qkv", "o", "up", "down")
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: Sequence[str] = field(default_factory=lambda: ("q", "k", "v", "o", "gate", "up", "down"))
+    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        if not (isinstance(self.r, int) and self.r > 0):
+            raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRA alpha must be positive, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"unknown LoRA target(s) {unknown or 'none given'}; choose from {', '.join(TARGETS)}")
+        if "qkv" in self.targets and {"q", "k", "v"} & set(self.targets):
+            raise ValueError("target 'qkv' (one adapter over the fused Q/K/V matrix) cannot be combined with "
+                             "'q', 'k' or 'v' (one adapter each); pick one of the two")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "targets": list(self.targets)}
+
+
+class LoRALinear(nn.Linear):
+    """A frozen Linear (the same weight and bias Parameters, so the same state-dict keys) plus one LoRA
+    update per adapted slice of its output rows.
+
+    `slices` partitions the output rows, e.g. [("q", 512), ("k", 128), ("v", 128)] for a fused QKV
+    matrix; `adapted` names the slices that get an (A, B) pair. Parameters: lora_A.<name> (r, in) and
+    lora_B.<name> (rows of the slice, r).
+    """
+
+    def __init__(self, base: nn.Linear, slices: Sequence[tuple[str, int]], adapted: Sequence[str],
+                 config: LoRAConfig):
+        nn.Module.__init__(self)  # no fresh weight: the base layer's Parameters are reused below
+        if sum(n for _, n in slices) != base.out_features:
+            raise ValueError(f"slices {list(slices)} do not add up to the layer's {base.out_features} outputs")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.__dict__["base"] = base  # the original module (not a submodule), put back by `remove_lora`
+        self.slices = [(name, int(n)) for name, n in slices]
+        self.r, self.scaling = config.r, config.scaling
+        w = base.weight
+        dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32  # adapters train in fp32
+        self.lora_A = nn.ParameterDict({name: nn.Parameter(torch.empty(config.r, self.in_features, device=w.device,
+                                                                       dtype=dtype)) for name in adapted})
+        self.lora_B = nn.ParameterDict({name: nn.Parameter(torch.zeros(n, config.r, device=w.device, dtype=dtype))
+                                        for name, n in self.slices if name in adapted})
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.merged = False
+        for A in self.lora_A.values():
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # what PEFT (and torch's Linear) use
+
+    def delta(self, name: str) -> torch.Tensor:
+        """The update s * B A of one slice, shape (rows of the slice, in)."""
+        return self.scaling * (self.lora_B[name] @ self.lora_A[name])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        parts = y.split([n for _, n in self.slices], dim=-1)
+        out = []
+        for (name, _), part in zip(self.slices, parts):
+            if name in self.lora_A:
+                A, B = self.lora_A[name], self.lora_B[name]
+                h = F.linear(F.linear(self.lora_dropout(x).to(A.dtype), A), B)  # B A x
+                part = part + (h * self.scaling).to(part.dtype)
+            out.append(part)
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W += s B A for every slice; the forward then skips the adapters."""
+        self._shift(+1)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W -= s B A: undo `merge` (exact up to floating-point rounding)."""
+        self._shift(-1)
+
+    def _shift(self, sign: int) -> None:
+        if self.merged == (sign > 0):
+            return
+        start = 0
+        for name, n in self.slices:
+            if name in self.lora_A:
+                rows = self.weight[start:start + n]
+                rows += sign * self.delta(name).to(rows.dtype)
+            start += n
+        self.merged = sign > 0
+
+    def extra_repr(self) -> str:
+        adapted = ", ".join(name for name, _ in self.slices if name in self.lora_A)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"lora r={self.r} scaling={self.scaling:g} on [{adapted}], merged={self.merged}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# applying LoRA to a Transformer
+# ---------------------------------------------------------------------------------------------------
+
+def _sites(model: nn.Module, targets: Sequence[str]) -> Iterator[tuple[nn.Module, str, list[tuple[str, int]]]]:
+    """(parent module, attribute name, output slices) of each Linear that targets can name, block by block."""
+    for i, block in enumerate(model.blocks):
+        b = block.block if isinstance(block, MixtureOfDepths) else block
+        attn, mlp = b.attn, b.mlp
+        if isinstance(attn, CausalSelfAttention):
+            qkv = ([("qkv", attn.q_dim + 2 * attn.kv_dim)] if "qkv" in targets else
+                   [("q", attn.q_dim), ("k", attn.kv_dim), ("v", attn.kv_dim)])
+            yield attn, "qkv", qkv
+            yield attn, "proj", [("o", attn.proj.out_features)]
+        elif {"q", "k", "v", "qkv", "o"} & set(targets):
+            raise ValueError(f"block {i} uses {type(attn).__name__}, for which LoRA attention targets are not "
+                             "implemented; adapt only the MLP (targets gate,up,down)")
+        if isinstance(mlp, SwiGLU):
+            yield mlp, "gate_up", [("gate", mlp.ffn_dim), ("up", mlp.ffn_dim)]
+            yield mlp, "down", [("down", mlp.down.out_features)]
+        elif isinstance(mlp, GeluMLP):
+            yield mlp, "up", [("up", mlp.up.out_features)]
+            yield mlp, "down", [("down", mlp.down.out_features)]
+        elif {"gate", "up", "down"} & set(targets):
+            raise ValueError(f"block {i} uses {type(mlp).__name__}, for which LoRA MLP targets are not "
+                             "implemented; adapt only attention (targets q,k,v,o)")
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Wrap the targeted Linear layers of `model` (a Transformer) in LoRALinear, in place, and freeze
+    everything but the adapters. Returns the model; `model.lora_config` records the config."""
+    if getattr(model, "lora_config", None) is not None:
+        raise ValueError("this model already has LoRA adapters; merge or remove them (remove_lora) first")
+    found: set[str] = set()
+    wraps = []
+    for parent, attr, slices in _sites(model, config.targets):
+        adapted = [name for name, _ in slices if name in config.targets]
+        if adapted:
+            wraps.append((parent, attr, slices, adapted))
+            found.update(adapted)
+    missing = [t for t in config.targets if t not in found]
+    if missing:
+        raise ValueError(f"LoRA target(s) {missing} match no layer of this model; its targets are "
+                         f"{', '.join(default_targets(model.config))}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for parent, attr, slices, adapted in wraps:
+        setattr(parent, attr, LoRALinear(getattr(parent, attr), slices, adapted, config))
+    model.lora_config = config
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors only, by Gator name (e.g. blocks.0.attn.qkv.lora_A.q)."""
+    return {name: p.detach() for name, p in model.named_parameters() if ".lora_A." in name or ".lora_B." in name}
+
+
+def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into a model with the same adapters; every tensor must match by name and shape."""
+    own = dict(lora_state_dict(model))
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"adapter does not match the model's LoRA layers: missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}; apply_lora with the adapter's own targets first")
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(own[name].shape):
+            raise ValueError(f"adapter tensor {name!r} has shape {tuple(t.shape)}, the model expects "
+                             f"{tuple(own[name].shape)}; was it trained with a different rank or model?")
+    with torch.no_grad():
+        for name, t in state.items():
+            own[name].copy_(t)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters, each shared tensor counted once; all includes the adapters."""
+    seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
+    return sum(p.numel() for p in seen.values() if p.requires_grad), sum(p.numel() for p in seen.values())
+
+
+def trainable_summary(model: nn.Module) -> str:
+    trainable, total = count_parameters(model)
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)"
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every adapter into its base weight (W += s B A); the adapters stay and can be unmerged."""
+    for m in lora_layers(model).values():
+        m.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for m in lora_layers(model).values():
+        m.unmerge()
+
+
+def remove_lora(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Put the original Linear layers back (with the adapters merged into them unless merge=False) and
+    make every parameter trainable again: a plain model, saved by `save_pretrained` as usual."""
+    for name, m in lora_layers(model).items():
+        if merge:
+            m.merge()
+        else:
+            m.unmerge()
+        parent = model.get_submodule(name.rpartition(".")[0])
+        base = m.base
+        base.weight, base.bias = m.weight, m.bias  # the live Parameters (they may have moved device/dtype)
+        setattr(parent, name.rpartition(".")[2], base)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.__dict__.pop("lora_config", None)
+    return model
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Within the block the model computes as its base model: every LoRA update is scaled by 0, which adds
+    exactly zero. The reference policy of DPO/GRPO with LoRA, without a second copy of the model."""
+    layers = list(lora_layers(model).values())
+    if any(m.merged for m in layers):
+        raise ValueError("the adapters are merged into the weights; unmerge them before asking for the base model")
+    saved = [m.scaling for m in layers]
+    for m in layers:
+        m.scaling = 0.0
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, saved):
+            m.scaling = s
