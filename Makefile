@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) bench/tokenizer.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_shakespeare.py
+	$(PY) bench/vs_nanogpt.py
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) build *.egg-info src/*.egg-info

@@ -1,11 +1,12 @@
 """Decode speed at batch 1: Gator's cached generation vs llama.cpp (llama-cpp-python), same weights, one run.
 
 A GatorGPT-shaped model (random init, the `gatorgpt` preset unless --preset) is exported with
-`export_gguf`; llama.cpp runs the GGUF file, Gator runs the model in memory. Both decode greedily from the
-same prompt for the same number of new tokens (no stop token); the table reports decode tokens/s (new
-tokens / wall time, prefill included), best of --repeats, and whether the tokens agree. Rows: F32 weights
-with an f32 KV cache (the like-for-like row; Gator fp32), F32 and Q8_0 weights with llama.cpp's default
-f16 KV cache (llama.cpp's usual setting), and Gator in bf16 for reference.
+`export_gguf`; llama.cpp runs the GGUF file, Gator runs the model in memory. Both decode greedily from
+the same prompt for the same number of new tokens (no stop token). The table reports decode tokens/s
+(new tokens / wall time, prefill included), best of --repeats after one warm-up run, and where the
+tokens first differ from Gator fp32's (a random-init model's logits are nearly flat, so a different
+summation order can flip a near-tie). Rows: F32 weights with an f32 KV cache (like for like with Gator
+fp32), F32 and Q8_0 weights with llama.cpp's default f16 KV cache, and Gator in bf16 for reference.
 
 Needs llama-cpp-python: run it with the deploy venv that `make test-deploy` builds:
 
@@ -14,26 +15,34 @@ Needs llama-cpp-python: run it with the deploy venv that `make test-deploy` buil
 
 from __future__ import annotations
 
-import argparse
-import platform
-import tempfile
-import time
-from pathlib import Path
+from gator.runtime import choose_omp_wait_policy
 
-import numpy as np
-import torch
+choose_omp_wait_policy()  # before torch is imported: see gator/runtime.py
 
-from gator.config import get_preset
-from gator.generate import generate
-from gator.interop.gguf import export_gguf
-from gator.model import Transformer
-from gator.tokenizer import train_bpe
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gator.config import get_preset  # noqa: E402
+from gator.generate import generate  # noqa: E402
+from gator.interop.gguf import export_gguf  # noqa: E402
+from gator.model import Transformer  # noqa: E402
+from gator.tokenizer import train_bpe  # noqa: E402
 
 TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "the_verdict.txt"
 
 
 def best_of(fn, repeats: int) -> tuple[float, list[int]]:
-    times, out = [], []
+    """The shortest of `repeats` timed runs, after one untimed warm-up run (llama.cpp allocates its compute
+    graph on first use; Gator picks its matmul formulations on first use)."""
+    out = fn()
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
@@ -42,12 +51,17 @@ def best_of(fn, repeats: int) -> tuple[float, list[int]]:
 
 
 def llamacpp_greedy(llm, prompt: list[int], n: int) -> list[int]:
-    """n greedy tokens: evaluate the prompt, then one token per step (argmax of the last logits)."""
+    """n greedy tokens: evaluate the prompt, then one token per step (argmax of the last position's logits,
+    read straight from llama.cpp: without logits_all, llama-cpp-python keeps no copy of them)."""
+    import llama_cpp
+
+    vocab = llm.n_vocab()
     llm.reset()
     llm.eval(prompt)
     out = []
     for _ in range(n):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+        token = int(np.argmax(logits))
         out.append(token)
         llm.eval([token])
     return out
@@ -74,8 +88,9 @@ def main() -> None:
     prompt = prompt.tolist()
     n = args.new_tokens
     ctx = args.prompt_len + n + 1
-    print(f"machine: {platform.machine()}, {platform.processor() or ''} {threads} threads, torch {torch.__version__}, "
-          f"llama-cpp-python {llama_cpp.__version__}; model: {args.preset} ({model.num_params() / 1e6:.1f}M params)")
+    print(f"machine: {platform.machine()}, {threads} threads, torch {torch.__version__}, llama-cpp-python "
+          f"{llama_cpp.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average at start: "
+          f"{os.getloadavg()[0]:.2f}; model: {args.preset} ({model.num_params() / 1e6:.1f}M params)")
     print(f"batch 1, greedy, prompt {args.prompt_len} tokens, {n} new tokens, decode tokens/s, "
           f"best of {args.repeats}\n")
 

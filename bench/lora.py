@@ -12,6 +12,11 @@ resident set (Linux VmHWM) of a fresh process that builds the configuration and 
 that process's size after its imports (weights, gradients, optimizer state and activations); on CUDA
 it is torch.cuda.max_memory_allocated.
 
+The dtypes follow gator.runtime's policy (as bench/train_throughput.py does): fp32 always, bf16 autocast
+only where the policy calls bf16 fast (native on this CPU, or a GPU); elsewhere bf16 is emulated and slower
+than fp32, so it runs only when asked for with --dtypes, and the output says it is emulated.
+`GATOR_FAST_BF16=0` (or 1) forces the policy.
+
     .venv/bin/python bench/lora.py [--preset gatorgpt] [--batch 8] [--seq-len 256] [--rank 16] [--alpha 32]
                                    [--dtypes float32,bfloat16] [--rounds 5] [--no-compile]
     .venv/bin/python bench/lora.py --quick        # a tiny model, one round: checks that the bench runs
@@ -30,16 +35,16 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
-from train_throughput import machine, make_step  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _common import machine_lines, make_step, time_rounds, warm_up  # noqa: E402  (bench/ is on sys.path)
 
 from gator.config import get_preset  # noqa: E402
 from gator.interop.hf import to_hf  # noqa: E402
 from gator.interop.peft import target_modules  # noqa: E402
 from gator.model import Transformer  # noqa: E402
 from gator.model.lora import LoRAConfig, apply_lora, count_parameters  # noqa: E402
+from gator.runtime import fast_dtype  # noqa: E402
 from gator.train.optim import make_optimizer  # noqa: E402
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # None: plain fp32; bfloat16: autocast
@@ -125,7 +130,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=32)
     ap.add_argument("--targets", default="q,k,v,o,gate,up,down")
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32 and/or bfloat16")
+    ap.add_argument("--dtypes", help="comma-separated: float32 and/or bfloat16 (default: float32, plus "
+                    "bfloat16 where gator.runtime calls it fast on --device)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
     ap.add_argument("--device", default="cpu")
@@ -142,13 +148,17 @@ def main() -> None:
         return
     argv = sys.argv[1:]
     device = torch.device(args.device)
-    dtypes = args.dtypes.split(",")
+    bf16_fast = fast_dtype(device) == torch.bfloat16
+    dtypes = args.dtypes.split(",") if args.dtypes else ["float32", *(["bfloat16"] if bf16_fast else [])]
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
         ap.error(f"unknown dtype(s) {unknown}; choose from {', '.join(DTYPES)}")
 
-    print(f"machine: {machine()}")
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(machine_lines())
+    if not bf16_fast:
+        print("bf16 is not fast here by the policy (it would be emulated, slower than fp32): "
+              + ("bf16 rows run because --dtypes asks for them" if "bfloat16" in dtypes
+                 else "bf16 rows skipped (--dtypes float32,bfloat16 runs them anyway)"))
     x, y = batch(args, device)
     kinds = {"full": "gator full fine-tuning", "lora": "gator LoRA", "peft": "transformers + PEFT LoRA (reference)"}
     if not args.no_compile:
@@ -161,19 +171,10 @@ def main() -> None:
             configs[name] = make_step(model, opt, x, y, DTYPES[dtype], hf=hf)
             trainable, total = count_parameters(model)
             info[name] = {"kind": kind, "dtype": dtype, "trainable": trainable, "total": total}
-    first = {name: step() for name, step in configs.items()}  # warm-up (and compilation)
-    for step in configs.values():
-        step()
+    first = warm_up(configs)  # (and compilation)
     print("first-step loss (same weights, same batch, B = 0): "
           + ", ".join(f"{name}: {loss:.4f}" for name, loss in first.items()))
-
-    times = {name: [] for name in configs}
-    for _ in range(args.rounds):
-        for name, step in configs.items():
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - t0)
+    times = time_rounds(configs, args.rounds, args.steps)
     for name in configs:
         info[name].update(memory_in_child(info[name]["kind"], info[name]["dtype"], argv))
 

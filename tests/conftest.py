@@ -54,3 +54,25 @@ def _gpt2_tiktoken(special_tokens: dict[str, int]):
 def gpt2_tiktoken():
     """gpt2_tiktoken({"<|endoftext|>": 50256, ...}) -> a tiktoken.Encoding for GPT-2 with those special tokens."""
     return _gpt2_tiktoken
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch) -> Path:
+    """An empty folder on a simulated read-only filesystem: creating any file or folder under it fails with
+    EROFS at the system call (os.open, os.mkdir), as it does on a read-only mount."""
+    import errno
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def refuse(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(ro)):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", refuse(os.open))
+    monkeypatch.setattr(os, "mkdir", refuse(os.mkdir))
+    return ro

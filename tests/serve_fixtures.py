@@ -31,9 +31,16 @@ def tiny_model(tok, seed: int = 0, **overrides) -> Transformer:
     return Transformer(get_preset("tiny-gatorgpt", **fields)).eval()
 
 
-def make_model_dir(directory: Path, chat: bool = True, seed: int = 0, **overrides) -> Path:
+def make_model_dir(directory: Path, chat: bool = True, seed: int = 0, never_stop: bool = False, **overrides) -> Path:
+    """A model folder; `never_stop` zeroes the (tied) output rows of the special tokens, so their logit is 0
+    while the best of the other ~300 is far above it: greedy decoding then never ends a turn by itself."""
     tok = tiny_tokenizer(chat)
-    tiny_model(tok, seed, **overrides).save_pretrained(directory, tokenizer=tok)
+    model = tiny_model(tok, seed, **overrides)
+    if never_stop:
+        with torch.no_grad():
+            for i in tok.special_ids.values():
+                model.lm_head.weight[i] = 0
+    model.save_pretrained(directory, tokenizer=tok)
     return directory
 
 

@@ -222,28 +222,13 @@ def test_an_output_path_that_is_an_existing_file_is_refused(work, tmp_path, caps
     assert (tmp_path / "taken").read_text() == "a file"
 
 
-def test_a_read_only_output_fails_before_the_long_work(work, tmp_path, monkeypatch, capsys):
-    """A read-only filesystem, simulated at the system call: every file or folder created under ro/ fails
-    with EROFS. Training must never start (train_bpe / the model would be built first)."""
-    import errno
-    import os
-
+def test_a_read_only_output_fails_before_the_long_work(work, read_only_dir, monkeypatch, capsys):
+    """A read-only filesystem, simulated at the system call (conftest.py's read_only_dir). Training must
+    never start (train_bpe / the model would be built first)."""
     import gator.tokenizer.cli
     import gator.train.setup
 
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    real_open, real_mkdir = os.open, os.mkdir
-
-    def refuse(real):
-        def call(path, *args, **kwargs):
-            if str(path).startswith(str(ro)):
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-            return real(path, *args, **kwargs)
-        return call
-
-    monkeypatch.setattr(os, "open", refuse(real_open))
-    monkeypatch.setattr(os, "mkdir", refuse(real_mkdir))
+    ro = read_only_dir
     started = []
     monkeypatch.setattr(gator.tokenizer.cli, "train_bpe", lambda *a, **k: started.append("tokenizer"))
     monkeypatch.setattr(gator.train.setup, "initial_model", lambda *a, **k: started.append("model"))
@@ -281,6 +266,32 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_fil
     assert [p.name for p in run.rglob("*") if "tmp" in p.name] == []
     assert (run / "checkpoint" / "model.safetensors").read_bytes() == \
         (work / "run" / "checkpoint" / "model.safetensors").read_bytes()
+
+
+def test_resume_with_shards_of_another_tokenizer_of_the_same_size_is_refused(work, tmp_path, capsys):
+    """Issue 12: the vocabulary size alone matches, so only the tokenizer check tells the two data sets apart."""
+    import shutil
+
+    from gator.data.shards import tokenizer_info
+
+    run = tmp_path / "run"
+    shutil.copytree(work / "run", run)
+    other_corpus = write_corpus(tmp_path / "other.jsonl", 60, seed=1)
+    assert main(["tokenizer", "train", "--input", str(other_corpus), "--vocab-size", "320", "--special", EOT,
+                 "--out", str(tmp_path / "tok"), "--no-progress"]) == 0
+    assert main(["prepare", "--input", str(work / "stories.jsonl"), "--tokenizer", str(tmp_path / "tok"),
+                 "--out", str(tmp_path / "data"), "--val-fraction", "0.1", "--workers", "0", "--no-progress"]) == 0
+    old, new = (tokenizer_info(Tokenizer.load(d)) for d in (work / "tok", tmp_path / "tok"))
+    assert old["vocab_size"] == new["vocab_size"] and old["fingerprint"] != new["fingerprint"]  # the premise
+
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["pretrain", "--data", str(tmp_path / "data"), "--out", str(run), "--resume", *TINY,
+                 "max_steps=6"]) == 1
+    line = one_error_line(capsys, "gator pretrain")
+    assert "--resume" in line and old["fingerprint"] in line and new["fingerprint"] in line, line
+    assert str(run / "checkpoint") in line and str((tmp_path / "tok").resolve()) in line  # where each one lives
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
 
 
 # --- one error path -----------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Every ```python block in docs/*.md runs, so the chapters cannot rot.
 
 The blocks of one chapter run in order in one shared namespace (a later block may use what an earlier one
-defined), with the repository root as the working directory and matplotlib's non-interactive Agg backend;
-one test per chapter. A block fenced as ```python no-run is shown to the reader but not executed (for GPU,
-torchrun or long examples). A failure's traceback points at the line in the Markdown file.
+defined), with matplotlib's non-interactive Agg backend; one test per chapter. The chapters are written to
+be run from the repository root (`../shared/data/...`, `runs/...`); the test runs each one in a fresh
+temporary folder that looks the same to it (`../shared` is the data folder beside the checkout), so what a
+chapter writes never lands in the repository and every run starts clean (`tempfile` folders go there too).
+A block fenced as ```python no-run is shown to the reader but not executed (for GPU, torchrun or long
+examples). A failure's traceback points at the line in the Markdown file.
 """
 
 from __future__ import annotations
@@ -60,13 +63,26 @@ def run_chapter(path: Path) -> int:
     return ran
 
 
+def fresh_workdir(tmp: Path) -> Path:
+    """An empty folder named like the checkout, with `../shared` pointing at the data folder beside it."""
+    work = tmp / ROOT.name
+    work.mkdir(parents=True)
+    if (ROOT.parent / "shared").is_dir():
+        (tmp / "shared").symlink_to(ROOT.parent / "shared", target_is_directory=True)
+    return work
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.name for p in CHAPTERS])
-def test_chapter_snippets_run(chapter, monkeypatch):
+def test_chapter_snippets_run(chapter, monkeypatch, tmp_path):
+    import tempfile
+
     import matplotlib
 
     monkeypatch.setenv("MPLBACKEND", "Agg")
     matplotlib.use("Agg", force=True)
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(fresh_workdir(tmp_path))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # tempfile.mkdtemp() in a chapter, too
     import matplotlib.pyplot as plt
 
     try:
@@ -119,3 +135,17 @@ def test_a_failing_block_points_at_its_markdown_line(tmp_path):
     assert (last.filename, last.lineno) == (str(chapter), 11)
     chapter.write_text("```python\nx = 1\n```\n```python no-run\nraise SystemExit\n```\n")
     assert run_chapter(chapter) == 1
+
+
+def test_a_chapter_writes_into_its_own_fresh_folder_not_the_repository(tmp_path, monkeypatch):
+    chapter = tmp_path / "chapter.md"
+    chapter.write_text("```python\nfrom pathlib import Path\n"
+                       "Path('runs/docs-probe').mkdir(parents=True)\n"  # fails if the folder is left from a run
+                       "Path('runs/docs-probe/x.txt').write_text('x')\n```\n")
+    for attempt in ("first", "second"):
+        monkeypatch.chdir(fresh_workdir(tmp_path / attempt))
+        assert run_chapter(chapter) == 1
+        assert (tmp_path / attempt / ROOT.name / "runs" / "docs-probe" / "x.txt").read_text() == "x"
+    assert not (ROOT / "runs" / "docs-probe").exists()
+    if (ROOT.parent / "shared").is_dir():  # where the chapters' ../shared/data/... paths lead
+        assert Path("../shared").resolve() == (ROOT.parent / "shared").resolve()

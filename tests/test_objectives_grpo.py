@@ -219,3 +219,21 @@ def test_held_out_evaluation_decodes_greedily_and_scores_with_the_reward(task):
     right = [a.strip() == r["answer"] for a, r in zip(answers, rows)]
     assert result["accuracy"] == pytest.approx(sum(n >= 1 for n in digits) / len(rows))
     assert result["reward"] == pytest.approx(sum(0.5 * n + 2.0 * c for n, c in zip(digits, right)) / len(rows))
+
+
+def test_cli_grpo_trains_and_bad_input_is_one_line(task, tmp_path, capsys):
+    from gator.cli import main as gator_main
+
+    d, _ = task
+    rc = gator_main(["grpo", "--model", str(d / "base"), "--data", str(d / "prompts.jsonl"), "--out",
+                     str(tmp_path / "g"), "--group-size", "4", "--max-new-tokens", "4", "--eval-data",
+                     str(d / "eval.jsonl"), "--reward", "exact_answer", "--reward", "number_format",
+                     "--reward-weights", "1,0.5", "--max-steps", "2", "--no-progress", "seq_len=64",
+                     "batch_tokens=128", "micro_batch=2", "dtype=fp32"])
+    assert rc == 0 and (tmp_path / "g" / "best" / "model.safetensors").is_file()
+    assert "reward_mean" in metrics(tmp_path / "g")[2]
+    capsys.readouterr()
+    rc = gator_main(["grpo", "--model", str(d / "base"), "--data", str(d / "prompts.jsonl"), "--out",
+                     str(tmp_path / "h"), "--reward", "exact_anwser", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "unknown reward 'exact_anwser'" in err

@@ -169,6 +169,22 @@ def test_mismatched_adapters_are_refused_naming_the_key(tmp_path):
     attempt(good, {"target_modules": r"model\.layers\.0\.self_attn\.(q|v)_proj"}, match="some layers only")
 
 
+def test_a_refused_adapter_leaves_each_parameter_as_trainable_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    save_adapter(apply_lora(Transformer(ModelConfig(**LLAMA)), LoRAConfig(r=2, targets=("q", "v"))), tmp_path / "a")
+    state = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    dropped = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "a" / "adapter_model.safetensors"))
+    model = Transformer(ModelConfig(**LLAMA))
+    for name, p in model.named_parameters():  # e.g. a fine-tuning run that trains only the norms
+        p.requires_grad_("norm" in name)
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert any(before.values()) and not all(before.values())
+    with pytest.raises(ValueError, match="no tensor"):
+        load_adapter(model, tmp_path / "a")
+    assert not lora_state_dict(model) and {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
 def test_save_adapter_refuses_to_overwrite(tmp_path):
     model = apply_lora(Transformer(ModelConfig(**LLAMA)), LoRAConfig(r=2, targets=("q",)))
     save_adapter(model, tmp_path / "a")
@@ -206,7 +222,36 @@ def test_lora_merge_command_equals_peft_merge_and_unload(tmp_path, capsys):
     assert gator_main(args) == 1  # the output exists: refused, one line
     err = capsys.readouterr().err
     assert "already holds" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "merged" / "tokenizer.json").write_text("{}")  # a file of an earlier model in the folder
     assert gator_main(args + ["--force"]) == 0
+    assert not (tmp_path / "merged" / "tokenizer.json").exists()  # the folder is replaced as a whole
+    assert Transformer.from_pretrained(tmp_path / "merged").config == merged.config
+    (tmp_path / "merged" / "notes.txt").write_text("mine")  # a folder with other files is never replaced
+    capsys.readouterr()
+    assert gator_main(args + ["--force"]) == 1
+    assert "notes.txt" in capsys.readouterr().err and (tmp_path / "merged" / "notes.txt").exists()
     assert gator_main(["lora", "merge", "--model", str(tmp_path / "gator"), "--adapter", str(tmp_path / "nope"),
                        "--out", str(tmp_path / "m2")]) == 1
     assert "adapter_config.json does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "m2").exists()  # no partial output
+    (tmp_path / "taken").write_text("a file")
+    assert gator_main([*args[:-1], str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err
+    assert "taken is an existing file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lora_merge_checks_that_the_output_is_writable_before_merging(tmp_path, read_only_dir, monkeypatch, capsys):
+    """On a read-only filesystem (conftest.py's read_only_dir) the command stops before it loads the adapter."""
+    import gator.interop.peft
+
+    model = Transformer(ModelConfig(**LLAMA))
+    model.save_pretrained(tmp_path / "base")
+    save_adapter(apply_lora(model, LoRAConfig(r=2, targets=("q",))), tmp_path / "adapter")
+    loaded = []
+    monkeypatch.setattr(gator.interop.peft, "load_adapter", lambda *a, **k: loaded.append(a))
+    capsys.readouterr()
+    assert gator_main(["lora", "merge", "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter"),
+                       "--out", str(read_only_dir / "merged")]) == 1
+    err = capsys.readouterr().err
+    assert "read-only file system" in err and len(err.strip().splitlines()) == 1
+    assert loaded == [] and list(read_only_dir.iterdir()) == []

@@ -191,3 +191,35 @@ def test_no_decode_path_uses_bf16_unless_it_is_native(native_bf16, monkeypatch):
         generate(model16, prompts, max_new_tokens=4, temperature=0)
     packs = [d for name, d in ops.seen if name.startswith("mkldnn.") and torch.bfloat16 in d]
     assert bool(packs) == cpu_linear.can_pack(w16)
+
+
+def test_a_recipe_picks_its_per_dtype_settings_by_the_policy(native_bf16, tmp_path):
+    """A recipe's `per_dtype:` section is merged for the dtype the run computes in: `dtype: auto` follows the
+    policy, an explicit dtype picks its own section, and command-line overrides still win."""
+    from pathlib import Path
+
+    import yaml
+
+    from gator.train import TrainConfig, make_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "shakespeare-char.yaml"
+    sections = yaml.safe_load(recipe.read_text())["per_dtype"]
+    assert sections["bf16"] != sections["fp32"]  # the bench's optimizer differs by machine kind
+    want = sections["bf16" if native_bf16 else "fp32"]
+    cfg = make_config(recipe)
+    assert {k: getattr(cfg, k) for k in want} == want
+    assert make_config(recipe, {"dtype": "fp32"}).optimizer == sections["fp32"]["optimizer"]
+    assert make_config(recipe, {"optimizer": "muon"}).optimizer == "muon"
+
+    own = tmp_path / "own.yaml"
+    own.write_text("model: tiny-gatorgpt\nmodel_config: {n_layers: 2, d_model: 64}\nlr: 1.0e-3\n"
+                   "per_dtype:\n  bf16: {lr: 3.0e-3, model_config: {d_model: 96}}\n  fp32: {micro_batch: 2}\n")
+    cfg = make_config(own, {"model_config": {"n_layers": 3}})
+    assert cfg.model_config == {"n_layers": 3, "d_model": 96 if native_bf16 else 64}
+    assert (cfg.lr, cfg.micro_batch) == ((3e-3, TrainConfig.micro_batch) if native_bf16 else (1e-3, 2))
+    own.write_text("model: tiny-gatorgpt\nper_dtype:\n  avx2: {lr: 1.0e-3}\n")
+    with pytest.raises(ValueError, match="per_dtype must map bf16, fp16 or fp32 to settings"):
+        make_config(own)
+    own.write_text("model: tiny-gatorgpt\nper_dtype:\n  fp32: {optimiser: adamw}\n")
+    with pytest.raises(ValueError, match="per_dtype.fp32: unknown key 'optimiser'; did you mean 'optimizer'"):
+        make_config(own)

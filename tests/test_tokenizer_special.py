@@ -43,7 +43,9 @@ def outcome(encode, text, **kwargs):
 fragments = st.one_of(
     st.sampled_from(["<|endoftext|>", "<|im_start|>", " <|endoftext|>", "<|im_start", "endoftext|>", "<|",
                      "\ud800", "\udfff", "\ud83d\ude00", "\ud83d", "\ude00"]),
-    st.sampled_from(["Hello", " world", " ", "\n\n", "中文", "😀", "12345", "'s", "!?", SLOW_CHAR]),
+    # SLOW_CHAR between a space and a newline: the two regex engines split around it alike, so the ids must agree
+    # (next to "'s" they differ by design: tiktoken's older tables do not know the letter; see engine_gap)
+    st.sampled_from(["Hello", " world", " ", "\n\n", "中文", "😀", "12345", "'s", "!?", f" {SLOW_CHAR}\n"]),
     st.text(st.characters(max_codepoint=0x2FF), max_size=5),
 )
 texts = st.lists(fragments, max_size=16).map("".join)

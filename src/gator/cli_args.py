@@ -111,9 +111,11 @@ def add_model(p: argparse.ArgumentParser, help: str = MODEL_HELP, *, positional:
 
 def add_out(p: argparse.ArgumentParser, help: str, *, positional: bool = False, required: bool = True,
             default: str | None = None) -> None:
-    """--out, with --output and, where it was one, a positional as hidden old spellings."""
-    p.add_argument("--out", metavar="PATH", default=default, help=help + (" (required)" if required else ""))
-    p.add_argument("--output", dest="out", help=argparse.SUPPRESS)
+    """--out, with --output and, where it was one, a positional as hidden old spellings (read with `pick`).
+    Without a positional spelling, argparse itself requires one of --out / --output."""
+    group = p.add_mutually_exclusive_group(required=required and not positional)
+    group.add_argument("--out", metavar="PATH", default=default, help=help + (" (required)" if required else ""))
+    group.add_argument("--output", dest="out", help=argparse.SUPPRESS)
     if positional:
         p.add_argument("out_positional", nargs="?", help=argparse.SUPPRESS)
 

@@ -82,7 +82,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         raise
 
 
-def check_writable(directory: str | Path, flag: str = "--out") -> None:
+def check_writable(directory: str | Path) -> None:
     """Create and remove a probe file in `directory` (which must exist): a read-only filesystem or a
     folder without write permission fails here, with a message, instead of at the end of a long job."""
     try:
@@ -123,9 +123,9 @@ def output_dir(path: str | Path, *, earlier_work: Iterable[str] = (), force: boo
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise GatorError(f"cannot create {path} for {flag}: {describe_os_error(err)}") from None
-        check_writable(path, flag)
+        check_writable(path)
     else:
-        check_writable(path if path.is_dir() else parent, flag)
+        check_writable(path if path.is_dir() else parent)
     return path
 
 

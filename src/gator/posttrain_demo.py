@@ -3,10 +3,10 @@
     arithmetic task -> base model -> SFT -> preference pairs from the SFT model's own right and wrong
     answers -> reward model + DPO -> GRPO with the exact-answer reward -> table of held-out accuracy
 
-1. The task (gator/data/arithmetic.py): "What is 37 + 85?" -> "122", 2-digit addition and subtraction,
-   with held-out problems that share no fact with the training problems.
+1. The task (gator/data/arithmetic.py): "What is 37 + 85?" -> "122", 2-digit addition (`--ops +-` adds
+   subtraction), with held-out problems that share no fact with the training problems.
 2. The base model: `--base DIR` reuses one (its tokenizer needs a chat template); by default a fresh
-   GatorGPT-shaped model of about a million parameters over a byte-level tokenizer with ChatML markers,
+   GatorGPT-shaped model of about 0.4 M parameters over a byte-level tokenizer with ChatML markers,
    which learns the task from scratch in the SFT stage.
 3. SFT (`gator finetune`): the answers of the training problems, loss on the assistant's tokens only.
 4. Preference pairs: the SFT model answers training problems `--samples` times at temperature 1; where
@@ -18,8 +18,11 @@
 After each stage the model answers the held-out problems greedily; the table gives the share it gets
 exactly right, and a few sample answers are printed. Everything lands in one run folder (default
 `runs/posttrain-<time>`): data/, base/, sft/, reward/, dpo/, grpo/ (run folders with best/ and
-metrics.jsonl), results.json and table.md. Every stage's budget is a flag (`--sft-minutes`,
-`--grpo-minutes`, ...), so the demo can be re-run longer or shorter.
+metrics.jsonl), results.json and table.md. Every stage's budget is a flag (`--sft-steps`,
+`--rm-minutes`, `--dpo-minutes`, `--grpo-minutes`), so the demo can be re-run longer or shorter. SFT
+runs a fixed number of steps rather than minutes: given time, this model learns 2-digit addition
+almost perfectly (99% held-out after 4 minutes in one of our runs), which would leave nothing for the
+later stages to show; 450 steps leave it at roughly two thirds right.
 """
 
 from __future__ import annotations
@@ -43,21 +46,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="run folder (default: runs/posttrain-YYYYmmdd-HHMMSS)")
     p.add_argument("--base", help="reuse this base model folder instead of a fresh model")
     p.add_argument("--digits", type=int, default=2, help="operand digits (default 2)")
-    p.add_argument("--ops", default="+-", help="operators (default +-)")
+    p.add_argument("--ops", default="+", help="operators, e.g. + or +- (default +)")
     p.add_argument("--train-problems", type=int, default=4000)
     p.add_argument("--test-problems", type=int, default=300)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--sft-minutes", type=float, default=3.0)
+    p.add_argument("--d-model", type=int, default=96)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--sft-steps", type=int, default=450,
+                   help="SFT steps (default 450: a fixed amount of training, so SFT leaves the same room for GRPO "
+                        "on any machine)")
+    p.add_argument("--sft-minutes", type=float, default=10.0, help="cap on SFT's time")
     p.add_argument("--sft-lr", type=float, default=3e-3)
     p.add_argument("--pref-prompts", type=int, default=1024, help="training problems sampled for preference pairs")
     p.add_argument("--samples", type=int, default=8, help="answers sampled per problem for the pairs")
     p.add_argument("--rm-minutes", type=float, default=1.0)
     p.add_argument("--dpo-minutes", type=float, default=1.0)
     p.add_argument("--dpo-beta", type=float, default=0.1)
-    p.add_argument("--dpo-lr", type=float, default=1e-4)
+    p.add_argument("--dpo-lr", type=float, default=3e-5)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
-    p.add_argument("--grpo-lr", type=float, default=2e-4)
+    p.add_argument("--grpo-lr", type=float, default=1e-4)
     p.add_argument("--grpo-from", choices=["sft", "dpo"], default="dpo", help="the model GRPO starts from")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompts-per-step", type=int, default=16)
@@ -127,7 +133,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- SFT ----
     t = time.perf_counter()
     s = finetune(init_from=str(base), data=str(data / "sft.jsonl"), out_dir=str(out / "sft"),
-                 **budget(args.sft_minutes), lr=args.sft_lr, min_lr=args.sft_lr / 10, warmup_steps=50,
+                 **(budget(args.sft_minutes) if args.steps else {"max_steps": args.sft_steps,
+                                                                  "max_time": f"{args.sft_minutes * 60:.0f}s"}),
+                 lr=args.sft_lr, min_lr=args.sft_lr / 10, warmup_steps=50,
                  micro_batch=64, batch_tokens=64 * 48, eval_every=200, ckpt_every=200, log_every=25,
                  val_fraction=0.05, **common)
     evaluate("SFT", out / "sft" / "best", time.perf_counter() - t, f"{s['steps']} steps")
@@ -160,8 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.grpo_from == "dpo":
             grpo_start = out / "dpo" / "best"
     else:
-        say(f"only {len(pairs)} preference pairs (the SFT model is right always or never): DPO and the reward "
-            "model are skipped")
+        say(f"only {len(pairs)} preference pairs (fewer than --min-pairs {args.min_pairs}: the SFT model is right "
+            "always or never): the reward model and DPO are skipped")
 
     # ---- GRPO ----
     t = time.perf_counter()

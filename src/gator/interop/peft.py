@@ -195,11 +195,14 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir, model.config)
     state = load_safetensors(adapter_dir / WEIGHTS_NAME)
+    trainable = [(p, p.requires_grad) for p in model.parameters()]  # apply_lora freezes them all
     apply_lora(model, config)
     try:
         _fill(model, state, adapter_dir / WEIGHTS_NAME, config.r)
     except BaseException:
-        remove_lora(model, merge=False)  # leave the model as it was
+        remove_lora(model, merge=False)  # leave the model as it was, frozen parameters included
+        for p, flag in trainable:
+            p.requires_grad_(flag)
         raise
     return model
 

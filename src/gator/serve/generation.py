@@ -81,13 +81,18 @@ class Job:
     async def events(self, http: HTTPRequest | None = None) -> AsyncIterator[tuple[int, Event]]:
         """(choice index, event) until every choice finished. With `http`, a client that went away cancels."""
         remaining = len(self.choices)
+        checked = time.monotonic()
         while remaining:
             try:
-                handle, event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+                handle, event = await asyncio.wait_for(self.queue.get(), timeout=0.25)
             except asyncio.TimeoutError:
-                if http is not None and await http.is_disconnected():
+                handle = event = None
+            if http is not None and time.monotonic() - checked > 0.25:  # is the client still there?
+                checked = time.monotonic()
+                if await http.is_disconnected():
                     self.cancel()
                     return
+            if event is None:
                 continue
             i = self.index(handle, event)
             c = self.choices[i]
@@ -131,10 +136,17 @@ class Job:
             text = self._token_text(token)
             tokens.append(text)
             lps.append(lp)
-            tops.append(None if top is None else {self._token_text(t): v for t, v in top})
+            tops.append(None if top is None else self._top_dict(top))
             offsets.append(offset)
             offset += len(text)
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+    def _top_dict(self, top: list[tuple[int, float]]) -> dict[str, float]:
+        """{token text: logprob}, best first; two tokens that print alike keep the better one's value."""
+        out: dict[str, float] = {}
+        for t, v in top:
+            out.setdefault(self._token_text(t), v)
+        return out
 
     def chat_logprobs(self, entries: list[tuple[int, float, list[tuple[int, float]] | None]]) -> dict[str, Any]:
         def one(token: int, lp: float) -> dict[str, Any]:
@@ -254,7 +266,7 @@ def _sampling(body: SamplingRequest, served: ServedModel, prompt_len: int, max_t
     return SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature,
                           top_k=body.top_k if body.top_k > 0 else None, top_p=body.top_p if body.top_p < 1 else None,
                           repetition_penalty=body.repetition_penalty,
-                          stop_tokens=sorted(set(stop_ids) | set(body.stop_token_ids or [])),
+                          stop_tokens=sorted(set(() if body.ignore_eos else stop_ids) | set(body.stop_token_ids or ())),
                           stop_strings=list(body.stop), seed=body.seed)
 
 

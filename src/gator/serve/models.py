@@ -58,10 +58,18 @@ def shared_copy(model: torch.nn.Module) -> torch.nn.Module:
 def load_served_models(model_dir: str | Path, loras: dict[str, str | Path] | None = None, *,
                        name: str | None = None, n_slots: int = 16, max_waiting: int = 64, device: str = "cpu",
                        dtype: torch.dtype | None = None) -> list[ServedModel]:
-    """Load the base model (and its tokenizer) from `model_dir` and each adapter in `loras` {name: dir}."""
-    from gator.train.sampling import load_model_for_sampling
+    """Load the base model (and its tokenizer) from `model_dir` and each adapter in `loras` {name: dir}.
+    A folder without a tokenizer is served too: it then takes prompts as token ids only."""
+    from gator.model import Transformer
+    from gator.tokenizer import Tokenizer
+    from gator.train.checkpoint import resolve_model_dir
 
-    base, tokenizer, where = load_model_for_sampling(model_dir, device=device)
+    where = resolve_model_dir(model_dir)
+    base = Transformer.from_pretrained(where, device=device).eval()
+    try:
+        tokenizer = Tokenizer.load(where)
+    except FileNotFoundError:
+        tokenizer = None
     if dtype is not None:
         base = base.to(dtype)
     base_name = name or Path(where).resolve().name

@@ -1,7 +1,7 @@
 """The OpenAI wire format: request bodies (pydantic models, validated strictly) and error bodies.
 
 Requests follow OpenAI's `/v1/completions` and `/v1/chat/completions` (and vLLM's extras: top_k,
-repetition_penalty, stop_token_ids). Validation is strict: a number sent as a string or a boolean sent
+repetition_penalty, stop_token_ids, ignore_eos). Validation is strict: a number sent as a string or a boolean sent
 as a number is an error, not a guess. Every error the server returns has OpenAI's shape:
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
@@ -71,6 +71,7 @@ class SamplingRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = Field(default_factory=list)
     stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False  # vLLM's extension: do not stop at the end-of-text/end-of-turn token (benchmarks)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     repetition_penalty: float = Field(1.0, gt=0, le=10)

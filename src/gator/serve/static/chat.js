@@ -89,7 +89,7 @@ async function send(event) {
   showError("");
   $("input").value = "";
   state.messages.push({ role: "user", content: text });
-  addMessage("user", text);
+  const question = addMessage("user", text);
   const bubble = addMessage("assistant", "");
   bubble.classList.add("streaming");
   const out = bubble.querySelector(".text");
@@ -134,6 +134,7 @@ async function send(event) {
   }
   if (failed && !reply) {  // nothing came back: take the turn out, so it can be sent again
     bubble.remove();
+    question.remove();
     state.messages.pop();
     $("input").value = text;
     return;

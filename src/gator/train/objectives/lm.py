@@ -125,7 +125,8 @@ def _check_same_tokenizer(tok: Any, where: Any, cfg: TrainConfig, manifest: dict
     if resuming and info["fingerprint"] != want["fingerprint"]:
         raise TrainingError(
             f"--resume: the checkpoint in {where} was trained with another tokenizer (fingerprint "
-            f"{info['fingerprint']}) than the one the shards in {cfg.data} were made with ({want['fingerprint']}); "
+            f"{info['fingerprint']}) than the one the shards in {cfg.data} were made with "
+            f"({want['path'] + ', ' if want.get('path') else ''}fingerprint {want['fingerprint']}); "
             "resume with the shards of the first run, or start a new run with another --out")
     if info["fingerprint"] != want["fingerprint"] or info["vocab_size"] != want["vocab_size"]:
         raise TrainingError(
