@@ -29,7 +29,6 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -168,7 +167,7 @@ def main() -> int:
         print(f"model: {args.model or args.preset + ' (random weights)'}, {slots} slots, {args.max_tokens} tokens per "
               f"answer, prompts of {args.prompt_len} tokens, torch threads {torch.get_num_threads()}")
         failures = 0
-        print(f"\n| clients | requests | aggregate tokens/s | vs 1 client | p50 TTFT (s) | p99 TTFT (s) |")
+        print("\n| clients | requests | aggregate tokens/s | vs 1 client | p50 TTFT (s) | p99 TTFT (s) |")
         print("|---:|---:|---:|---:|---:|---:|")
         base = None
         for c in args.clients:

@@ -251,3 +251,23 @@ def test_mixture_of_depths_models_are_refused_with_a_reason():
     model = make(mod_layers=[1])
     with pytest.raises(ValueError, match="Mixture-of-Depths"):
         Engine(model)
+
+
+def test_engine_text_never_releases_the_start_of_a_stop_string_split_across_bytes():
+    """Issue 10 item 5 for the engine: GPT-2 splits 日 and 本 into two byte tokens each; '日' must not be
+    released while '本' is incomplete, since '日本' is the stop string. The reference is the text itself."""
+    from pathlib import Path
+
+    from gator.generate.engine import _TextStream
+    from gator.tokenizer import Tokenizer
+
+    gpt2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2"
+    tok = Tokenizer.from_gpt2_files(gpt2 / "vocab.json", gpt2 / "merges.txt")
+    text = "Answer: 42。日本 more"
+    stream, released, stopped = _TextStream(tok, ["日本"]), "", False
+    for token in tok.encode_ordinary(text):
+        delta, stopped = stream.push(token)
+        released += delta
+        if stopped:
+            break
+    assert stopped and released == text[:text.index("日本")]

@@ -252,7 +252,7 @@ def test_health_and_metrics(setup, client):
     import httpx
 
     url = setup["server"].url
-    client.completions.create(model="tiny", prompt="hi", max_tokens=3)
+    client.completions.create(model="tiny", prompt="hi", max_tokens=3, extra_body={"ignore_eos": True})
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok" and health["models"] == ["tiny", "poet"]
     text = httpx.get(url + "/metrics").text

@@ -58,7 +58,7 @@ def generated_total(url):
     raise AssertionError("no gator_generation_tokens_total in /metrics")
 
 
-OK = {"model": "long", "prompt": "hello", "max_tokens": 3}
+OK = {"model": "long", "prompt": "hello", "max_tokens": 3, "ignore_eos": True}
 LONG = {"model": "long", "prompt": "hello", "max_tokens": 2000, "ignore_eos": True}  # holds the slot a while
 BAD = [  # (body, status, param or None, words the message must contain)
     (b"{bad", 400, None, "not valid JSON"),
@@ -183,7 +183,8 @@ def test_api_key_is_required_when_set(keyed):
     assert httpx.get(keyed.url + "/health").status_code == 200  # liveness and the page stay open
     assert httpx.get(keyed.url + "/").status_code == 200
     good = openai.OpenAI(base_url=keyed.url + "/v1", api_key="s3cret", max_retries=0)
-    assert good.completions.create(model="base", prompt="hi", max_tokens=2).usage.completion_tokens == 2
+    r = good.completions.create(model="base", prompt="hi", max_tokens=2, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 2
 
 
 def test_chat_on_a_model_without_a_template_is_a_400_that_says_so(keyed):

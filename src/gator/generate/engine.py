@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from gator.generate.completions import Completion
+from gator.generate.completions import Completion, certain_end, find_stop
+from gator.generate.cpu_linear import fast_cpu_linears
 from gator.generate.sampling import SamplingParams, sample_next
 from gator.model.slot_cache import SlotCache
 
@@ -143,20 +144,14 @@ class _TextStream:
         if self.tokenizer is None:
             return "", False
         text = self.tokenizer.decode(self.tokens)
-        hits = [i for i in (text.find(s, max(0, self.emitted - len(s))) for s in self.stops) if i >= 0]
-        if hits:
-            cut = min(hits)
+        cut = find_stop(text, self.stops)
+        if cut is not None:
             delta = text[self.emitted:cut]
             self.emitted = max(self.emitted, cut)
             return delta, True
-        safe = len(text.rstrip("\ufffd"))  # an incomplete multi-byte character waits for its other bytes
-        for s in self.stops:  # a tail that is the start of a stop string waits too
-            for k in range(min(len(s) - 1, len(text)), 0, -1):
-                if s.startswith(text[-k:]):
-                    safe = min(safe, len(text) - k)
-                    break
-        delta = text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
+        end = certain_end(text, self.stops)  # the same rule as `stream` (see gator.generate.completions)
+        delta = text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
         return delta, False
 
     def flush(self) -> str:
@@ -314,18 +309,19 @@ class Engine:
                 h._emit(Event(i, None, "", finish_reason="error", error="the server is shutting down"))
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not self._waiting and not self._running:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-            try:
-                self.step()
-            except Exception:  # never let one bad step end the loop: fail what was running, go on
-                log.exception("engine step failed")
-                for seq in list(self._running.values()):
-                    self._finish(seq, "error", error="internal error while generating")
+        with fast_cpu_linears(self.model):  # faster small-batch CPU products while serving (cpu_linear.py)
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._waiting and not self._running:
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                try:
+                    self.step()
+                except Exception:  # never let one bad step end the loop: fail what was running, go on
+                    log.exception("engine step failed")
+                    for seq in list(self._running.values()):
+                        self._finish(seq, "error", error="internal error while generating")
 
     # -- one iteration -------------------------------------------------------------------------------
 

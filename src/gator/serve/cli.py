@@ -1,7 +1,7 @@
-"""`gator serve DIR`: serve a model directory (and LoRA adapters on it) over the OpenAI API, with a chat page.
+"""`gator serve --model DIR`: serve a model directory (and LoRA adapters on it) over the OpenAI API, with a chat page.
 
-    gator serve runs/demo/best --port 8000
-    gator serve runs/sft/best --lora poet=runs/lora-poet --api-key "$(openssl rand -hex 16)"
+    gator serve --model runs/demo/best --port 8000
+    gator serve --model runs/sft/best --lora poet=runs/lora-poet --api-key "$(openssl rand -hex 16)"
 
 It binds 127.0.0.1 (this machine only) unless --host says otherwise; serving to a network without an API
 key prints a warning. The key can also come from the GATOR_API_KEY environment variable.
@@ -14,7 +14,7 @@ import ipaddress
 import os
 import sys
 
-from gator.cli_args import add_model, pick
+from gator.cli_args import add_model, pick, positive_int
 from gator.errors import GatorError
 
 API_KEY_ENV = "GATOR_API_KEY"
@@ -30,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also serve a LoRA adapter (PEFT layout) on the base model as NAME (repeatable)")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)")
-    p.add_argument("--max-batch", type=int, default=16, help="completions decoded at once (KV-cache slots)")
-    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 429")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the context length - 1")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="completions decoded at once (KV-cache slots)")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="requests that may wait for a slot; more get 429")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=None, help="default: the context length - 1")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.set_defaults(func=cmd_serve)
@@ -66,9 +66,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gator.serve import ServeConfig, create_app, load_served_models
 
-    for flag in ("max_batch", "max_queue", "max_body_bytes"):
-        if getattr(args, flag) < 1:
-            raise GatorError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use the "
