@@ -237,3 +237,24 @@ def test_cli_grpo_trains_and_bad_input_is_one_line(task, tmp_path, capsys):
                      str(tmp_path / "h"), "--reward", "exact_anwser", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "unknown reward 'exact_anwser'" in err
+
+
+def test_gsm8k_rows_are_a_grpo_dataset(data_dir, tmp_path):
+    """GSM8K's {"question", "answer"} rows as they are: the question becomes the user turn, the gold number
+    after "####" reaches gsm8k_answer_reward, and the logged rewards are that function's on the texts."""
+    from gator.train.objectives.rewards import gsm8k_answer_reward
+
+    tok = byte_chat_tokenizer()
+    tiny_model_dir(tmp_path / "base", tok, context_length=1024)
+    lines = (data_dir / "instruct" / "gsm8k_test.jsonl").read_text().splitlines()[:8]
+    (tmp_path / "gsm8k.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = make_config(None, {**RUN, "init_from": str(tmp_path / "base"), "data": str(tmp_path / "gsm8k.jsonl"),
+                             "out_dir": str(tmp_path / "run"), "seq_len": 1024, "batch_tokens": 2048,
+                             "max_steps": 1})
+    objective = GRPO(cfg, [gsm8k_answer_reward], group_size=2, max_new_tokens=4, eval_prompts=1)
+    train(cfg, objective)
+    rows = [__import__("json").loads(line) for line in lines]
+    assert objective.rows[0]["prompt"] in {r["question"] for r in rows}
+    index, texts = objective.last_rollout["prompt_index"], objective.last_rollout["texts"]
+    gold = [objective.rows[i]["answer"] for i in index for _ in range(2)]
+    assert objective.last_rollout["rewards"] == gsm8k_answer_reward(None, texts, answer=gold)

@@ -13,7 +13,8 @@
    it was both right and wrong, (right, wrong) becomes a pair.
 5. A reward model (`gator reward`) on those pairs: its held-out pairwise accuracy goes in the table.
 6. DPO (`gator dpo`) on the same pairs, starting from the SFT model.
-7. GRPO (`gator grpo`) from the DPO model with the exact-answer reward: G sampled answers per problem.
+7. GRPO (`gator grpo`) from the DPO model with the exact-answer reward: G sampled answers per problem
+   (`--grpo-from sft` starts it from the SFT model instead).
 
 After each stage the model answers the held-out problems greedily; the table gives the share it gets
 exactly right, and a few sample answers are printed. Everything lands in one run folder (default
@@ -59,12 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pref-prompts", type=int, default=1024, help="training problems sampled for preference pairs")
     p.add_argument("--samples", type=int, default=8, help="answers sampled per problem for the pairs")
     p.add_argument("--rm-minutes", type=float, default=1.0)
+    p.add_argument("--rm-lr", type=float, default=3e-4)
     p.add_argument("--dpo-minutes", type=float, default=1.0)
     p.add_argument("--dpo-beta", type=float, default=0.1)
     p.add_argument("--dpo-lr", type=float, default=3e-5)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--grpo-lr", type=float, default=1e-4)
-    p.add_argument("--grpo-from", choices=["sft", "dpo"], default="dpo", help="the model GRPO starts from")
+    p.add_argument("--grpo-from", choices=["sft", "dpo"], default="dpo",
+                   help="the model GRPO starts from (default dpo: the chain SFT -> DPO -> GRPO)")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompts-per-step", type=int, default=16)
     p.add_argument("--steps", type=int, help="run every stage for this many steps instead of its minutes (tests)")
@@ -153,8 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # ---- reward model ----
         t = time.perf_counter()
         s = train_reward_model(init_from=str(out / "sft" / "best"), data=str(data / "preferences.jsonl"),
-                               out_dir=str(out / "reward"), **budget(args.rm_minutes), lr=3e-4, min_lr=3e-5,
-                               eval_every=100, **common)
+                               out_dir=str(out / "reward"), **budget(args.rm_minutes), lr=args.rm_lr,
+                               min_lr=args.rm_lr / 10, eval_every=100, **common)
         rows.append({"stage": "reward model", "accuracy": None, "minutes": (time.perf_counter() - t) / 60,
                      "note": f"held-out pairwise accuracy {100 * s['val_accuracy']:.1f}%"})
         say(f"== reward model: held-out pairwise accuracy {100 * s['val_accuracy']:.1f}%")

@@ -233,8 +233,8 @@ class GRPO(Objective):
         if eval_data:
             self.val_rows = read_prompts(eval_data, limit=eval_prompts)
         else:  # hold some prompts out
-            n_val = min(eval_prompts, len(rows) // 10)
-            if n_val < 1:
+            n_val = min(eval_prompts, max(1, len(rows) // 10))
+            if n_val >= len(rows):
                 raise TrainingError(f"{config.data} holds {len(rows)} prompts, too few to hold any out; give "
                                     "eval_data")
             order = np.random.default_rng([config.seed, 7]).permutation(len(rows))
