@@ -66,6 +66,8 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_shakespeare.py
 	$(PY) bench/vs_nanogpt.py
+	$(PY) bench/lora.py
+	$(PY) bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) build *.egg-info src/*.egg-info

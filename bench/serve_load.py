@@ -1,7 +1,9 @@
 """Serving under load: `gator serve`'s continuous batching, measured over HTTP on the loopback interface.
 
 Starts the server in this process (127.0.0.1, a free port; nothing leaves the machine) on a model folder, or
-on a randomly initialised preset (the speed of a forward pass does not depend on the weights' values), then:
+on a randomly initialised preset (the speed of a forward pass does not depend on the weights' values) with
+GPT-2's tokenizer (--tokenizer; its 50,257 ids padded with unused special tokens to the preset's vocabulary),
+so the server detokenises every answer as it would for a real model, then:
 
 1. Scaling table: 1, 4, 16, 64 concurrent streaming clients (--clients), each sending --requests requests of
    --max-tokens tokens (ignore_eos, so every answer has the same length). Reports aggregate decode tokens/s,
@@ -20,9 +22,12 @@ Everything is bounded: a fixed number of requests and a wall-clock limit (--time
 
 from __future__ import annotations
 
-from gator.runtime import choose_omp_wait_policy  # noqa: E402
+import os
 
-choose_omp_wait_policy()  # before torch is imported: see gator/runtime.py
+# Before torch is imported. A server runs Python threads (the engine, uvicorn's event loop; here also the
+# clients) beside torch's OpenMP workers. Spinning workers (ACTIVE) take the cores those threads need: on the
+# 2-core dev machine 1 client got 33.7 tokens/s with ACTIVE and 47.1 with PASSIVE, 16 clients 183 and 290.
+os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -55,12 +60,25 @@ def start_server(model_dir: Path, slots: int, queue: int):
     return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def random_model_dir(preset: str, directory: Path) -> Path:
+def random_model_dir(preset: str, directory: Path, tokenizer_dir: Path | None) -> Path:
+    """A randomly initialised preset, with GPT-2's tokenizer when `tokenizer_dir` holds its vocab.json and
+    merges.txt (otherwise none: the server then streams tokens without text)."""
     from gator.config import get_preset
     from gator.model import Transformer
+    from gator.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    Transformer(get_preset(preset)).save_pretrained(directory)  # no tokenizer: prompts are token ids
+    model = Transformer(get_preset(preset))
+    model.save_pretrained(directory)
+    if tokenizer_dir is not None:
+        ids = len(json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8")))
+        extra = model.config.vocab_size - ids
+        if extra < 0:
+            raise SystemExit(f"the tokenizer in {tokenizer_dir} has {ids} ids, more than the preset's vocabulary "
+                             f"of {model.config.vocab_size}; pick another --preset or --tokenizer")
+        # every id the model can sample must decode: fill the ids past GPT-2's with unused special tokens
+        specials = ["<|endoftext|>"] + [f"<|unused_{i}|>" for i in range(extra)]
+        Tokenizer.from_gpt2_files(tokenizer_dir / "vocab.json", tokenizer_dir / "merges.txt", specials).save(directory)
     return directory
 
 
@@ -146,6 +164,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: a randomly initialised --preset)")
     p.add_argument("--preset", default="gatorgpt")
+    p.add_argument("--tokenizer", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/gpt2",
+                   help="GPT-2 vocab.json + merges.txt for the random preset (default: ../shared/data/gpt2; "
+                        "'none': serve without a tokenizer)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--requests", type=int, default=2, help="requests per client in the scaling table")
     p.add_argument("--load-clients", type=int, default=100)
@@ -156,16 +177,20 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny model, small settings: checks that the bench runs")
     args = p.parse_args()
     if args.quick:
-        args.preset, args.clients, args.requests = "tiny-gatorgpt", [1, 4], 1
+        args.preset, args.clients, args.requests, args.tokenizer = "tiny-gatorgpt", [1, 4], 1, Path("none")
         args.load_clients, args.malformed, args.max_tokens, args.prompt_len = 12, 20, 8, 8
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else random_model_dir(args.preset, Path(tmp) / args.preset)
+        tokenizer_dir = args.tokenizer if args.tokenizer.name != "none" and args.tokenizer.is_dir() else None
+        model_dir = (Path(args.model) if args.model else
+                     random_model_dir(args.preset, Path(tmp) / args.preset, tokenizer_dir))
         slots = max(max(args.clients), 1)
         server, url = start_server(model_dir, slots, queue=max(args.load_clients, max(args.clients)) + 16)
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-        print(f"model: {args.model or args.preset + ' (random weights)'}, {slots} slots, {args.max_tokens} tokens per "
-              f"answer, prompts of {args.prompt_len} tokens, torch threads {torch.get_num_threads()}")
+        tokenizer = "its own" if args.model else f"GPT-2's from {tokenizer_dir}" if tokenizer_dir else "none"
+        print(f"model: {args.model or args.preset + ' (random weights)'}, tokenizer: {tokenizer}, {slots} slots, "
+              f"{args.max_tokens} tokens per answer, prompts of {args.prompt_len} tokens, torch threads "
+              f"{torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
         failures = 0
         print("\n| clients | requests | aggregate tokens/s | vs 1 client | p50 TTFT (s) | p99 TTFT (s) |")
         print("|---:|---:|---:|---:|---:|---:|")

@@ -331,3 +331,20 @@ def test_stream_equals_generate_over_random_unicode_and_stop_strings(gpt2_tokeni
         where = f"case {case}: {text!r}, stops {stop_strings} {stop_tokens}, budget {budget}"
         assert (got.tokens, got.text) == (want_tokens, want_text), where
         assert streamed == got.text, where
+
+
+def test_draw_picks_the_first_token_whose_cumulative_probability_exceeds_u():
+    """Inverse-CDF sampling against a direct float64 computation, its frequencies against the probabilities,
+    and never a token of probability 0 (also at u = 0 and u just below 1, with rows that do not sum to 1)."""
+    from gator.generate.sampling import draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 2.0, 0.0, 0.0, 6.0]])
+    for u in [0.0, 0.1, 0.25, 0.5, 0.7999, 0.8001, 0.99, 1 - 2 ** -24]:
+        got = draw(probs, torch.tensor([u, u])).tolist()
+        for row, token in zip(probs.double().tolist(), got):
+            cdf = np.cumsum(row)
+            assert token == int(np.argmax(cdf > u * cdf[-1])), (u, row)
+    g = torch.Generator().manual_seed(0)
+    tokens = draw(probs[:1].expand(200_000, -1), torch.rand(200_000, generator=g))
+    freq = torch.bincount(tokens, minlength=5).double() / 200_000
+    assert torch.allclose(freq, probs[0].double(), atol=0.005) and freq[1] == 0 and freq[4] == 0

@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    choose_omp_wait_policy()  # before the subcommand modules import torch: see gator/runtime.py
     argv = sys.argv[1:] if argv is None else list(argv)
+    choose_omp_wait_policy(serving=argv[:1] == ["serve"])  # before the subcommand modules import torch
     parser = build_parser()
     args, extra = parser.parse_known_args(attach_negative_values(parser, argv))
     command = chosen_parser(parser, args)

@@ -42,7 +42,7 @@ import torch
 
 from gator.generate.completions import Completion, certain_end, find_stop
 from gator.generate.cpu_linear import fast_cpu_linears
-from gator.generate.sampling import SamplingParams, sample_next
+from gator.generate.sampling import SamplingParams, draw, process_logits, sample_next
 from gator.model.slot_cache import SlotCache
 
 log = logging.getLogger("gator.engine")
@@ -76,13 +76,47 @@ class Event:
     error: str | None = None
 
 
+class _Outbox:
+    """Events for asyncio consumers, handed over once per engine step: one wake-up of each consumer's event
+    loop per step (`flush`), not one per token. The loop thread then puts each event on its handle's queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[RequestHandle, Any]] = []
+
+    def put(self, handle: RequestHandle, item: Any) -> None:
+        with self._lock:
+            self._items.append((handle, item))
+
+    def flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Any]]] = {}
+        for handle, item in items:
+            by_loop.setdefault(handle.loop, []).append((handle, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the consumer's event loop is gone: nobody is listening
+                for handle, _ in batch:
+                    handle.cancelled = True
+
+
+def _deliver(batch: list[tuple[RequestHandle, Any]]) -> None:
+    """Runs in the consumer's event loop: put each event on its handle's queue."""
+    for handle, item in batch:
+        handle._async.put_nowait(item)
+
+
 class RequestHandle:
     """What `Engine.submit` returns: iterate (sync or async) over its events; `cancel()` frees its slots."""
 
     def __init__(self, request: Request, loop: asyncio.AbstractEventLoop | None = None,
-                 sink: asyncio.Queue | None = None):
+                 sink: asyncio.Queue | None = None, outbox: _Outbox | None = None):
         self.request, self.n = request, request.n
         self.loop = loop
+        self._own_outbox = outbox is None  # a handle made outside an engine hands its events over at once
+        self._outbox = outbox if outbox is not None else _Outbox()
         self._sync: queue.Queue[Event] = queue.Queue()
         self._async: asyncio.Queue | None = sink if sink is not None else asyncio.Queue() if loop is not None else None
         self._tagged = sink is not None  # a shared sink gets (handle, event) pairs
@@ -101,10 +135,9 @@ class RequestHandle:
         if self._async is None:
             self._sync.put(event)
             return
-        try:
-            self.loop.call_soon_threadsafe(self._async.put_nowait, (self, event) if self._tagged else event)
-        except RuntimeError:  # the consumer's event loop is gone: nobody is listening
-            self.cancelled = True
+        self._outbox.put(self, (self, event) if self._tagged else event)
+        if self._own_outbox:
+            self._outbox.flush()
 
     def cancel(self) -> None:
         """Stop generating; the engine frees this request's slots before its next step."""
@@ -184,12 +217,12 @@ class _Sequence:
         self.counts = None  # how often each token was generated, for presence/frequency penalties
         if r.presence_penalty or r.frequency_penalty:
             self.counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
-        self.greedy_plain = p.temperature == 0 and self.seen is None and self.counts is None
+        self.plain = self.seen is None and self.counts is None  # no penalty: rows sample as one batch
+        # rows that sample alike (plain, same settings) share one batched logits pipeline; greedy ones: argmax
+        self.group = (p.temperature, p.top_k, p.top_p) if self.plain else None
 
-    def choose(self, logits: torch.Tensor, argmax: int | None) -> int:
+    def choose(self, logits: torch.Tensor) -> int:
         """The next token from this row's logits (V,), with this request's penalties and sampling."""
-        if self.greedy_plain and argmax is not None:
-            return argmax
         r = self.handle.request
         x = logits.float()
         if self.counts is not None:
@@ -231,6 +264,7 @@ class Engine:
         self.generated_tokens_total = 0
         self.steps_total = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (time, tokens) per step
+        self._outbox = _Outbox()  # events for asyncio consumers, handed over after each phase of a step
 
     # -- the public side -----------------------------------------------------------------------------
 
@@ -243,7 +277,7 @@ class Engine:
         self.check(request)
         if sink is not None and loop is None:
             raise ValueError("a sink queue needs the event loop it belongs to (loop=...)")
-        handle = RequestHandle(request, loop, sink)
+        handle = RequestHandle(request, loop, sink, self._outbox)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the engine is shutting down")
@@ -307,6 +341,7 @@ class Engine:
             h = self._waiting.popleft()
             for i in range(h.n):
                 h._emit(Event(i, None, "", finish_reason="error", error="the server is shutting down"))
+        self._outbox.flush()
 
     def _loop(self) -> None:
         with fast_cpu_linears(self.model):  # faster small-batch CPU products while serving (cpu_linear.py)
@@ -322,12 +357,22 @@ class Engine:
                     log.exception("engine step failed")
                     for seq in list(self._running.values()):
                         self._finish(seq, "error", error="internal error while generating")
+                    self._outbox.flush()
 
     # -- one iteration -------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def step(self) -> None:
         """Drop cancelled requests, admit waiting ones (prefill), and run one decode step for all."""
+        try:
+            self._admit()
+            self._outbox.flush()  # first tokens go out before the decode step
+            if self._running:
+                self._decode()
+        finally:
+            self._outbox.flush()
+
+    def _admit(self) -> None:
         for seq in [s for s in self._running.values() if s.handle.cancelled]:
             self._finish(seq, "cancelled")
         admitted = []
@@ -351,8 +396,6 @@ class Engine:
                     else:
                         self.cache.free(slot)
                         h._emit(Event(i, None, "", finish_reason="error", error=f"prefill failed: {err}"))
-        if self._running:
-            self._decode()
 
     def _allocate(self, n: int) -> list[int]:
         """The n lowest free slots (low slots keep the decode range [0, highest busy] short)."""
@@ -374,7 +417,7 @@ class Engine:
         for i, slot in enumerate(slots):
             seq = _Sequence(h, i, slot, max_new, self.tokenizer, self.config.vocab_size, self.device)
             self._running[slot] = seq
-            self._advance(seq, last, None)
+            self._advance(seq, last, seq.choose(last))
 
     def _prompt_logprobs(self, h: RequestHandle, logits: torch.Tensor) -> None:
         """log p(prompt[t] | prompt[:t]) for t >= 1 (None for the first token), and the top-k at each."""
@@ -392,28 +435,52 @@ class Engine:
     def _decode(self) -> None:
         seqs = sorted(self._running.values(), key=lambda s: s.slot)
         hi = seqs[-1].slot + 1
-        ids = torch.zeros(hi, 1, dtype=torch.long)
+        ids = [0] * hi
         live = [False] * hi
         for s in seqs:
-            ids[s.slot, 0] = s.tokens[-1]
+            ids[s.slot] = s.tokens[-1]
             live[s.slot] = True
-        logits, _ = self.model(ids.to(self.device), cache=self.cache.view(0, hi, live))
+        ids_t = torch.tensor(ids, device=self.device)[:, None]
+        logits, _ = self.model(ids_t, cache=self.cache.view(0, hi, live))
         logits = logits[:, -1]  # (hi, V)
-        argmax = logits.argmax(dim=-1).tolist() if any(s.greedy_plain for s in seqs) else None
+        tokens = self._choose(seqs, logits)
         for s in seqs:
-            self._advance(s, logits[s.slot], argmax[s.slot] if argmax is not None else None)
+            self._advance(s, logits[s.slot], tokens[s.slot])
         self.steps_total += 1
         now = time.perf_counter()
         self._recent.append((now, len(seqs)))
         while self._recent and now - self._recent[0][0] > 60:
             self._recent.popleft()
 
-    def _advance(self, seq: _Sequence, logits: torch.Tensor, argmax: int | None) -> None:
-        """Choose seq's next token from its logits (V,), emit it, and retire seq if it is done."""
+    def _choose(self, seqs: list[_Sequence], logits: torch.Tensor) -> dict[int, int]:
+        """slot -> next token for each sequence, from the step's logits (rows = slots).
+
+        Sequences that sample alike (the same temperature, top-k and top-p, no penalties) go through the
+        logits pipeline as one batch; each then draws from its own generator, so it gets the token it would
+        get alone. Greedy ones take one batched argmax; sequences with penalties are processed one by one."""
+        tokens: dict[int, int] = {}
+        groups: dict[tuple, list[_Sequence]] = {}
+        for s in seqs:
+            if s.group is None:
+                tokens[s.slot] = s.choose(logits[s.slot])
+            else:
+                groups.setdefault(s.group, []).append(s)
+        for group in groups.values():
+            rows = logits[torch.tensor([s.slot for s in group], device=logits.device)]
+            p = group[0].params
+            if p.temperature == 0:
+                chosen = rows.float().argmax(dim=-1).tolist()
+            else:
+                uniform = torch.cat([torch.rand(1, generator=s.generator, device=rows.device) for s in group])
+                chosen = draw(process_logits(rows, p).softmax(dim=-1), uniform).tolist()
+            tokens.update((s.slot, t) for s, t in zip(group, chosen))
+        return tokens
+
+    def _advance(self, seq: _Sequence, logits: torch.Tensor, token: int) -> None:
+        """Emit seq's next token (chosen from its logits (V,)), and retire seq if it is done."""
         if seq.handle.cancelled:
             self._finish(seq, "cancelled")
             return
-        token = seq.choose(logits, argmax)
         logprob, top = None, None
         k = seq.handle.request.logprobs
         if k is not None:

@@ -3,7 +3,9 @@
 The steps run in this order (the order transformers uses): repetition penalty (CTRL, Keskar et al., 2019:
 divide positive logits of already-seen tokens by the penalty, multiply negative ones), temperature
 (0 means greedy argmax), top-k (keep the k best), top-p / nucleus (Holtzman et al., 2019: keep the
-smallest set whose probability reaches p), then draw.
+smallest set whose probability reaches p), then draw: inverse-CDF sampling, one uniform number u per row,
+the first token whose cumulative probability exceeds u (`draw`). torch.multinomial draws one exponential
+number per vocabulary entry instead, which costs ~2 ms per row for a 50k vocabulary on a CPU core.
 """
 
 from __future__ import annotations
@@ -64,10 +66,20 @@ def process_logits(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor |
     return logits
 
 
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs (B, V): the first whose cumulative probability exceeds uniform[b] (in [0, 1))
+    times the row's total. A token of probability 0 is never drawn (the cumulative sum does not rise there)."""
+    cdf = probs.float().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    x = torch.minimum(uniform.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1)
+
+
 def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Choose one token per row from logits (B, V). `seen` (B, V) bool marks tokens for the penalty."""
     logits = process_logits(logits, p, seen)
     if p.temperature == 0:
         return logits.argmax(dim=-1)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    uniform = torch.rand(logits.shape[0], generator=generator, device=logits.device)
+    return draw(logits.softmax(dim=-1), uniform)

@@ -83,10 +83,13 @@ class Job:
         remaining = len(self.choices)
         checked = time.monotonic()
         while remaining:
-            try:
-                handle, event = await asyncio.wait_for(self.queue.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                handle = event = None
+            if http is None:  # streaming: Starlette itself notices a client that went away
+                handle, event = await self.queue.get()
+            else:
+                try:
+                    handle, event = await asyncio.wait_for(self.queue.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    handle = event = None
             if http is not None and time.monotonic() - checked > 0.25:  # is the client still there?
                 checked = time.monotonic()
                 if await http.is_disconnected():
@@ -195,8 +198,11 @@ class Job:
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
     async def stream(self, metrics: Metrics) -> AsyncIterator[str]:
-        """Server-sent events. Starlette cancels this generator when the client disconnects: the finally
-        clause then frees the request's cache slots at once."""
+        """Server-sent events. A completion sends one chunk per generated token (as vLLM does), its text
+        empty while the token's text is not yet certain (an incomplete UTF-8 character, a possible start of
+        a stop string, or no tokenizer); a chat delta carries text, so it is sent when some is certain.
+        Starlette cancels this generator when the client disconnects: the finally clause then frees the
+        request's cache slots at once."""
         try:
             if self.kind == "chat":
                 for i in range(len(self.choices)):
@@ -211,7 +217,7 @@ class Job:
             async for i, ev in self.events():
                 entry = [(ev.token, ev.logprob, ev.top_logprobs)] if ev.token is not None and ev.logprob is not None \
                     else []
-                if not ev.text and not entry and ev.finish_reason is None:
+                if ev.token is None and not ev.text and ev.finish_reason is None:
                     continue
                 if self.kind == "chat":
                     if ev.text or entry:
