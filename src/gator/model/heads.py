@@ -194,17 +194,7 @@ class RewardModel(nn.Module):
             raise ValueError(f"{directory} holds a language model, not a reward model (its config.json has no "
                              f'"{HEAD_KEY}": "reward"); make one with RewardModel.from_lm')
         model = cls(ModelConfig.from_dict(cfg))
-        state = load_safetensors(directory / WEIGHTS_NAME)
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME} does not match the config: missing {missing[:8]}, "
-                             f"unexpected {unexpected[:8]}")
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, the config expects "
-                                 f"{tuple(expected[name].shape)}")
-        model.load_state_dict(state)
+        model.load_checked_state_dict(load_safetensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         return model.to(device)
 
 

@@ -46,7 +46,7 @@ lowest `val_loss`), exact resume and signals. An objective owns the data and the
     state_dict() -> dict / load_state_dict(state)
         Whatever besides the model and the optimizer the objective needs to resume exactly (e.g. a
         rollout buffer): tensors, numbers and strings only (checkpoints load with weights_only=True).
-        Default: nothing.
+        Default: the LoRA adapters when `lora_model` is set, else nothing.
 
 `lm.LanguageModeling` (next-token loss on token shards, i.e. pretraining and continued pretraining) is
 the reference implementation. `losses.py` holds the formulas the post-training objectives share.
@@ -58,6 +58,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
+
+from gator.errors import TrainingError
 
 if TYPE_CHECKING:
     from gator.train.distributed import Env
@@ -94,8 +96,22 @@ class Objective:
     def evaluate(self, run: Run) -> dict[str, float]:
         raise NotImplementedError
 
+    # An objective that trains LoRA adapters (`gator.train.lora.prepare_lora` in prepare_model) sets
+    # `lora_model`; the default resume state is then the adapters, saved bit for bit.
+    lora_model: nn.Module | None = None
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        if self.lora_model is None:
+            return {}
+        from gator.train.lora import lora_state
+
+        return lora_state(self.lora_model)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if self.lora_model is not None:
+            from gator.train.lora import load_lora_state
+
+            load_lora_state(self.lora_model, state)
+        elif any(k.startswith("lora.") for k in state):
+            raise TrainingError("the checkpoint is from a LoRA run; resume it with lora=true (--lora) and the same "
+                                "LoRA settings, or use a new --out folder")

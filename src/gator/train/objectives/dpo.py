@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -125,19 +125,6 @@ class DirectPreference(Objective):
         return {"val_loss": float(out.loss), "val_accuracy": float((out.margins > 0).float().mean()),
                 "val_margin": float(out.margins.mean()), "val_reward_chosen": float(out.chosen_rewards.mean()),
                 "val_reward_rejected": float(out.rejected_rewards.mean())}
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.lora_model is None:
-            return {}
-        from gator.train.lora import lora_state
-
-        return lora_state(self.lora_model)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.lora_model is not None:
-            from gator.train.lora import load_lora_state
-
-            load_lora_state(self.lora_model, state)
 
 
 @torch.no_grad()

@@ -315,23 +315,6 @@ class SFT(Objective):
         val = (total / count).item()
         return {"val_loss": val, "val_ppl": math.exp(min(val, 50))}
 
-    # -- resume ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self.lora_model is None:
-            return {}
-        from gator.train.lora import lora_state
-
-        return lora_state(self.lora_model)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.lora_model is not None:
-            from gator.train.lora import load_lora_state
-
-            load_lora_state(self.lora_model, state)
-        elif any(k.startswith("lora.") for k in state):
-            raise TrainingError("the checkpoint is from a LoRA run; resume it with lora=true (--lora) and the same "
-                                "LoRA settings, or use a new --out folder")
-
 
 def _load_tokenizer(cfg: TrainConfig) -> Any:
     if cfg.tokenizer:
