@@ -31,7 +31,7 @@ def make_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, autocast_dtype
     gator's last target is -100 to score exactly the same T-1 positions. `autocast_dtype` None: plain fp32."""
     def step() -> float:
         with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = model(input_ids=x, labels=x).loss if hf else model(x, y)[1]
+            loss = model(input_ids=x, labels=x).loss if hf else model(x, y, return_logits=False)[1]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

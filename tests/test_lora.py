@@ -66,25 +66,79 @@ def test_a_is_kaiming_uniform_and_b_zero():
     assert torch.count_nonzero(layer.lora_B["o"]) == 0
 
 
-def test_fused_slices_equal_separate_adapters():
-    """One fused QKV matrix with adapters on q and v only equals separate q/k/v Linear layers where q and v
-    have their own adapters (what PEFT builds on q_proj/v_proj)."""
+@pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v"), ("k",)])
+def test_fused_slices_equal_separate_adapters(targets):
+    """One fused QKV matrix with adapters on some slices equals separate q/k/v Linear layers where those
+    slices have their own adapters (what PEFT builds on q_proj/k_proj/v_proj), output and gradients. The
+    layer computes all slices in two products (stacked A, block-diagonal B); the reference does not."""
     torch.manual_seed(0)
     qd, kd = 16, 8
     base = nn.Linear(16, qd + 2 * kd, bias=True)
-    config = LoRAConfig(r=2, alpha=4, targets=("q", "v"))
-    layer = LoRALinear(base, [("q", qd), ("k", kd), ("v", kd)], ["q", "v"], config)
+    config = LoRAConfig(r=2, alpha=4, targets=targets)
+    layer = LoRALinear(base, [("q", qd), ("k", kd), ("v", kd)], list(targets), config)
     with torch.no_grad():
         for B in layer.lora_B.values():
             B.normal_()
-    assert set(layer.lora_A) == {"q", "v"} and layer.lora_B["v"].shape == (kd, 2)
+    assert set(layer.lora_A) == set(targets) and layer.lora_B[targets[-1]].shape == (kd, 2)
     x = torch.randn(2, 7, 16)
-    Wq, Wk, Wv = base.weight.split([qd, kd, kd])
-    bq, bk, bv = base.bias.split([qd, kd, kd])
-    q = F.linear(x, Wq, bq) + 2.0 * F.linear(F.linear(x, layer.lora_A["q"]), layer.lora_B["q"])
-    k = F.linear(x, Wk, bk)
-    v = F.linear(x, Wv, bv) + 2.0 * F.linear(F.linear(x, layer.lora_A["v"]), layer.lora_B["v"])
-    assert (layer(x) - torch.cat([q, k, v], -1)).abs().max() < 1e-5
+    out = layer(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    got = {n: p.grad.clone() for n, p in layer.named_parameters() if ".lora_" in "." + n}
+    layer.zero_grad()
+    parts = []
+    for name, W, b in zip("qkv", base.weight.split([qd, kd, kd]), base.bias.split([qd, kd, kd])):
+        y = F.linear(x, W, b)
+        if name in targets:
+            y = y + 2.0 * F.linear(F.linear(x, layer.lora_A[name]), layer.lora_B[name])
+        parts.append(y)
+    expected = torch.cat(parts, -1)
+    (expected * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    assert (out - expected).abs().max() < 1e-5
+    for n, p in layer.named_parameters():
+        if n in got:
+            assert (got[n] - p.grad).abs().max() < 1e-5, n
+
+
+def test_with_dropout_each_slice_draws_its_own_mask_like_separate_layers():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 32)
+    layer = LoRALinear(base, [("q", 16), ("k", 8), ("v", 8)], ["q", "k", "v"],
+                       LoRAConfig(r=2, dropout=0.5, targets=("q", "k", "v"))).train()
+    with torch.no_grad():
+        for B in layer.lora_B.values():
+            B.normal_()
+    x = torch.randn(3, 16)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)  # the same masks, drawn in the order of the rows, one per slice
+    s = layer.scaling
+    parts = [F.linear(x, W, b) + s * F.linear(F.linear(F.dropout(x, 0.5), layer.lora_A[n]), layer.lora_B[n])
+             for n, W, b in zip("qkv", base.weight.split([16, 8, 8]), base.bias.split([16, 8, 8]))]
+    assert (out - torch.cat(parts, -1)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_bf16_base_or_autocast_keeps_fp32_adapters(autocast):
+    """A bf16 base layer (no autocast): adapters compute in fp32 and the output keeps the base dtype. Under
+    bf16 autocast: the adapters' products run in bf16 like every other Linear, with fp32 gradients."""
+    torch.manual_seed(0)
+    base = nn.Linear(16, 24).to(torch.float32 if autocast else torch.bfloat16)
+    layer = LoRALinear(base, [("gate", 12), ("up", 12)], ["gate", "up"], LoRAConfig(r=2, targets=("gate", "up")))
+    with torch.no_grad():
+        for B in layer.lora_B.values():
+            B.normal_()
+    x = torch.randn(5, 16, dtype=base.weight.dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16 and layer.lora_A["gate"].dtype == torch.float32
+    W, b = base.weight.float(), base.bias.float()
+    s = layer.scaling
+    expected = torch.cat([F.linear(x.float(), Wi, bi) + s * F.linear(F.linear(x.float(), layer.lora_A[n]),
+                                                                        layer.lora_B[n])
+                          for n, Wi, bi in zip(("gate", "up"), W.split(12), b.split(12))], -1)
+    assert (out.float() - expected).abs().max() < 0.03 * expected.abs().max()
+    out.float().sum().backward()
+    assert layer.lora_A["up"].grad.dtype == torch.float32 and layer.lora_B["up"].grad.abs().sum() > 0
 
 
 def test_dropout_touches_only_the_adapter_input():

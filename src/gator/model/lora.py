@@ -100,6 +100,7 @@ class LoRALinear(nn.Linear):
         self.weight, self.bias = base.weight, base.bias
         self.__dict__["base"] = base  # the original module (not a submodule), put back by `remove_lora`
         self.slices = [(name, int(n)) for name, n in slices]
+        self.adapted = [name for name, _ in self.slices if name in adapted]
         self.r, self.scaling = config.r, config.scaling
         w = base.weight
         dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32  # adapters train in fp32
@@ -120,15 +121,27 @@ class LoRALinear(nn.Linear):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        parts = y.split([n for _, n in self.slices], dim=-1)
-        out = []
-        for (name, _), part in zip(self.slices, parts):
-            if name in self.lora_A:
-                A, B = self.lora_A[name], self.lora_B[name]
-                h = F.linear(F.linear(self.lora_dropout(x).to(A.dtype), A), B)  # B A x
-                part = part + (h * self.scaling).to(part.dtype)
-            out.append(part)
-        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+        A, B = self.stacked()
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(A.dtype)  # e.g. a bf16 base model: the adapters still compute (and train) in fp32
+        if isinstance(self.lora_dropout, nn.Identity):
+            h = F.linear(x, A)  # every slice's A x in one product
+        else:  # each slice draws its own dropout mask, as PEFT's separate layers do
+            h = torch.cat([F.linear(self.lora_dropout(x), self.lora_A[name]) for name in self.adapted], dim=-1)
+        update = F.linear(h, B)  # each slice's B times its own part of h; zero rows for unadapted slices
+        return y + (update * self.scaling).to(y.dtype) if update.dtype != y.dtype else \
+            torch.add(y, update, alpha=self.scaling)
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All slices' adapters as one pair: A stacked (r * k, in) and B block-diagonal (out, r * k) over
+        the k adapted slices (an unadapted slice's rows are zero), so that B A x is two products for the
+        whole fused layer: the same numbers as one (A, B) product per slice, in fewer, larger products."""
+        As = [self.lora_A[name] for name in self.adapted]  # in the order of the rows (a ParameterDict sorts)
+        if len(self.slices) == 1:
+            return As[0], self.lora_B[self.slices[0][0]]
+        zero = As[0].new_zeros(())
+        blocks = [self.lora_B[name] if name in self.lora_B else zero.expand(n, 0) for name, n in self.slices]
+        return (torch.cat(As) if len(As) > 1 else As[0]), torch.block_diag(*blocks)
 
     @torch.no_grad()
     def merge(self) -> None:

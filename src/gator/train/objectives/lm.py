@@ -72,7 +72,7 @@ class LanguageModeling(Objective):
         return {"ids": x.to(run.device, non_blocking=True), "targets": y.to(run.device, non_blocking=True)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        _, loss = model(batch["ids"], batch["targets"])
+        _, loss = model(batch["ids"], batch["targets"], return_logits=False)
         return LossOutput(loss, batch["ids"].numel())
 
     def evaluate(self, run: Run) -> dict[str, float]:
@@ -80,7 +80,7 @@ class LanguageModeling(Objective):
         total = torch.zeros(2, device=run.device)
         for i in range(0, len(self.val_windows), eval_batch):
             x, y = self.val_data.windows(self.val_windows[i:i + eval_batch], run.seq_len)
-            _, loss = run.model(x.to(run.device), y.to(run.device))
+            _, loss = run.model(x.to(run.device), y.to(run.device), return_logits=False)
             total += torch.stack([loss.float() * len(x), torch.tensor(float(len(x)), device=run.device)])
         D.all_sum(total, run.env)
         val = (total[0] / total[1]).item()

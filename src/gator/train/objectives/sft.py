@@ -291,7 +291,7 @@ class SFT(Objective):
     # -- loss and validation ---------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         extra = {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
-        _, loss = model(batch["ids"], batch["targets"], **extra)
+        _, loss = model(batch["ids"], batch["targets"], return_logits=False, **extra)
         return LossOutput(loss, batch["ids"].numel())
 
     def evaluate(self, run: Run) -> dict[str, float]:
