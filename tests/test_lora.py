@@ -80,11 +80,13 @@ def test_fused_slices_equal_separate_adapters(targets):
         for B in layer.lora_B.values():
             B.normal_()
     assert set(layer.lora_A) == set(targets) and layer.lora_B[targets[-1]].shape == (kd, 2)
-    x = torch.randn(2, 7, 16)
+    x = torch.randn(2, 7, 16, requires_grad=True)
     out = layer(x)
     (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-    got = {n: p.grad.clone() for n, p in layer.named_parameters() if ".lora_" in "." + n}
+    got = {n: p.grad.clone() for n, p in layer.named_parameters()}  # the base trains here too: all gradients
+    got_x = x.grad.clone()
     layer.zero_grad()
+    x.grad = None
     parts = []
     for name, W, b in zip("qkv", base.weight.split([qd, kd, kd]), base.bias.split([qd, kd, kd])):
         y = F.linear(x, W, b)
@@ -93,10 +95,10 @@ def test_fused_slices_equal_separate_adapters(targets):
         parts.append(y)
     expected = torch.cat(parts, -1)
     (expected * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-    assert (out - expected).abs().max() < 1e-5
+    assert (out - expected).abs().max() < 1e-5 and (got_x - x.grad).abs().max() < 1e-5
+    assert set(got) == {n for n, _ in layer.named_parameters()} and {"weight", "bias"} <= set(got)
     for n, p in layer.named_parameters():
-        if n in got:
-            assert (got[n] - p.grad).abs().max() < 1e-5, n
+        assert (got[n] - p.grad).abs().max() < 1e-5, n
 
 
 def test_with_dropout_each_slice_draws_its_own_mask_like_separate_layers():

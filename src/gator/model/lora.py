@@ -27,6 +27,7 @@ Targets, by the transformers names they correspond to:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +83,44 @@ class LoRAConfig:
         return {**asdict(self), "targets": list(self.targets)}
 
 
+class _LoRAProducts(torch.autograd.Function):
+    """y = x W^T + b + s sum_j (x A_j^T) B_j^T on each adapted slice's rows, with only the products LoRA
+    needs (A is the slices' A_j stacked; `blocks` gives each B_j's output rows and its columns of h):
+
+        forward    y = x W^T + b,  h = x A^T,  y[rows_j] += s h[cols_j] B_j^T    (adds inside the product)
+        backward   g_h[cols_j] = s g[rows_j] B_j,  grad B_j = s g[rows_j]^T h[cols_j],  grad A = g_h^T x,
+                   grad x = g W + g_h A          (grad W = g^T x and grad b only if the base layer trains)
+
+    All tensors arrive in one dtype (under autocast the caller casts them, as autocast would)."""
+
+    @staticmethod
+    def forward(ctx, scaling: float, blocks: list[tuple[slice, slice]], x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, A: torch.Tensor, *Bs: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        y = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+        h = x2 @ A.t()
+        for (rows, cols), B in zip(blocks, Bs):
+            y[:, rows].addmm_(h[:, cols], B.t(), alpha=scaling)
+        ctx.save_for_backward(x2, weight, A, h, *Bs)
+        ctx.scaling, ctx.blocks, ctx.x_shape = scaling, blocks, x.shape
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x2, weight, A, h, *Bs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        s = ctx.scaling
+        g = g.reshape(-1, g.shape[-1])
+        g_h = torch.cat([g[:, rows] @ B for (rows, _), B in zip(ctx.blocks, Bs)], dim=1).mul_(s)
+        grad_Bs = [(g[:, rows].t() @ h[:, cols]).mul_(s) if need[6 + i] else None
+                   for i, (rows, cols) in enumerate(ctx.blocks)]
+        grad_x = (g @ weight).addmm_(g_h, A).view(ctx.x_shape) if need[2] else None
+        grad_W = g.t() @ x2 if need[3] else None
+        grad_b = g.sum(0) if need[4] else None
+        grad_A = g_h.t() @ x2 if need[5] else None
+        return None, None, grad_x, grad_W, grad_b, grad_A, *grad_Bs
+
+
 class LoRALinear(nn.Linear):
     """A frozen Linear (the same weight and bias Parameters, so the same state-dict keys) plus one LoRA
     update per adapted slice of its output rows.
@@ -101,6 +140,10 @@ class LoRALinear(nn.Linear):
         self.__dict__["base"] = base  # the original module (not a submodule), put back by `remove_lora`
         self.slices = [(name, int(n)) for name, n in slices]
         self.adapted = [name for name, _ in self.slices if name in adapted]
+        # for each adapted slice: its output rows, and its r columns of h = (stacked A) x
+        rows = {name: slice(start, start + n) for (name, n), start
+                in zip(self.slices, itertools.accumulate((n for _, n in self.slices), initial=0))}
+        self.blocks = [(rows[name], slice(j * config.r, (j + 1) * config.r)) for j, name in enumerate(self.adapted)]
         self.r, self.scaling = config.r, config.scaling
         w = base.weight
         dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32  # adapters train in fp32
@@ -118,9 +161,22 @@ class LoRALinear(nn.Linear):
         return self.scaling * (self.lora_B[name] @ self.lora_A[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
         if self.merged:
-            return y
+            return F.linear(x, self.weight, self.bias)
+        device = x.device.type
+        tensors = [x, self.weight, self.bias, self.stacked()[0], *(self.lora_B[name] for name in self.adapted)]
+        if torch.is_autocast_enabled(device):  # what autocast would do to each product: all in its dtype
+            dtype = torch.get_autocast_dtype(device)
+            tensors = [None if t is None else t.to(dtype) for t in tensors]
+        if isinstance(self.lora_dropout, nn.Identity) and len({t.dtype for t in tensors if t is not None}) == 1:
+            with torch.autocast(device, enabled=False):
+                return _LoRAProducts.apply(self.scaling, self.blocks, *tensors)
+        return self.plain_forward(x)
+
+    def plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """W x + b + s B A x written with autograd's ops (dropout, or fp32 adapters on a bf16/fp16 base
+        without autocast, take this path; `_LoRAProducts` computes the same numbers faster)."""
+        y = F.linear(x, self.weight, self.bias)
         A, B = self.stacked()
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(A.dtype)  # e.g. a bf16 base model: the adapters still compute (and train) in fp32
@@ -128,9 +184,7 @@ class LoRALinear(nn.Linear):
             h = F.linear(x, A)  # every slice's A x in one product
         else:  # each slice draws its own dropout mask, as PEFT's separate layers do
             h = torch.cat([F.linear(self.lora_dropout(x), self.lora_A[name]) for name in self.adapted], dim=-1)
-        update = F.linear(h, B)  # each slice's B times its own part of h; zero rows for unadapted slices
-        return y + (update * self.scaling).to(y.dtype) if update.dtype != y.dtype else \
-            torch.add(y, update, alpha=self.scaling)
+        return y + (F.linear(h, B) * self.scaling).to(y.dtype)  # each slice's B times its own part of h
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All slices' adapters as one pair: A stacked (r * k, in) and B block-diagonal (out, r * k) over
