@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_shakespeare.py
 	$(PY) bench/vs_nanogpt.py
+	$(PY) bench/head_loss.py
 	$(PY) bench/lora.py
 	$(PY) bench/serve_load.py
 
