@@ -97,6 +97,6 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         h, weight = h.to(dtype), weight.to(dtype)
     elif h.dtype != weight.dtype:
         raise ValueError(f"hidden states ({h.dtype}) and head weight ({weight.dtype}) differ; use autocast")
-    rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    rows = max(1, min(CHUNK_ELEMENTS // weight.shape[0], h.shape[0]))  # no buffer bigger than the input
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(h.contiguous(), weight, targets, rows, torch.is_grad_enabled())

@@ -164,7 +164,7 @@ class LoRALinear(nn.Linear):
         if self.merged:
             return F.linear(x, self.weight, self.bias)
         device = x.device.type
-        tensors = [x, self.weight, self.bias, self.stacked()[0], *(self.lora_B[name] for name in self.adapted)]
+        tensors = [x, self.weight, self.bias, self.stacked_A(), *(self.lora_B[name] for name in self.adapted)]
         if torch.is_autocast_enabled(device):  # what autocast would do to each product: all in its dtype
             dtype = torch.get_autocast_dtype(device)
             tensors = [None if t is None else t.to(dtype) for t in tensors]
@@ -177,7 +177,7 @@ class LoRALinear(nn.Linear):
         """W x + b + s B A x written with autograd's ops (dropout, or fp32 adapters on a bf16/fp16 base
         without autocast, take this path; `_LoRAProducts` computes the same numbers faster)."""
         y = F.linear(x, self.weight, self.bias)
-        A, B = self.stacked()
+        A, B = self.stacked_A(), self.block_diagonal_B()
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(A.dtype)  # e.g. a bf16 base model: the adapters still compute (and train) in fp32
         if isinstance(self.lora_dropout, nn.Identity):
@@ -186,16 +186,20 @@ class LoRALinear(nn.Linear):
             h = torch.cat([F.linear(self.lora_dropout(x), self.lora_A[name]) for name in self.adapted], dim=-1)
         return y + (F.linear(h, B) * self.scaling).to(y.dtype)  # each slice's B times its own part of h
 
-    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All slices' adapters as one pair: A stacked (r * k, in) and B block-diagonal (out, r * k) over
-        the k adapted slices (an unadapted slice's rows are zero), so that B A x is two products for the
-        whole fused layer: the same numbers as one (A, B) product per slice, in fewer, larger products."""
-        As = [self.lora_A[name] for name in self.adapted]  # in the order of the rows (a ParameterDict sorts)
+    def stacked_A(self) -> torch.Tensor:
+        """The adapted slices' A matrices stacked (r * k, in): h = A x is one product for the whole fused
+        layer, with r columns of h per slice (in the order of the rows; a ParameterDict sorts its keys)."""
+        As = [self.lora_A[name] for name in self.adapted]
+        return torch.cat(As) if len(As) > 1 else As[0]
+
+    def block_diagonal_B(self) -> torch.Tensor:
+        """The slices' B matrices as one block-diagonal (out, r * k) matrix (an unadapted slice's rows are
+        zero), so that B (A x) gives every slice's update at once."""
         if len(self.slices) == 1:
-            return As[0], self.lora_B[self.slices[0][0]]
-        zero = As[0].new_zeros(())
-        blocks = [self.lora_B[name] if name in self.lora_B else zero.expand(n, 0) for name, n in self.slices]
-        return (torch.cat(As) if len(As) > 1 else As[0]), torch.block_diag(*blocks)
+            return self.lora_B[self.slices[0][0]]
+        zero = self.lora_B[self.adapted[0]].new_zeros(())
+        return torch.block_diag(*(self.lora_B[name] if name in self.lora_B else zero.expand(n, 0)
+                                  for name, n in self.slices))
 
     @torch.no_grad()
     def merge(self) -> None:
